@@ -1,0 +1,163 @@
+"""The ``sphere`` command line: run, query (rerun, report and export come with later stages)."""
+
+from __future__ import annotations
+
+from infra.env import apply_offline_env
+
+apply_offline_env()
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from infra.config import ConfigError, RunConfig, load_config  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
+console = Console(stderr=True)
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+def _parse_sets(sets: list[str]) -> dict:
+    out = {}
+    for s in sets:
+        if "=" not in s:
+            raise typer.BadParameter(f"--set expects key=value, got {s!r}")
+        k, v = s.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _print_table(t, fmt: str, out: Optional[Path]) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        if out is None:
+            raise typer.BadParameter("--format parquet needs --out FILE")
+        pq.write_table(t, out)
+        console.print(f"wrote {t.num_rows} rows to {out}")
+        return
+    if fmt == "csv":
+        import io
+
+        buf = io.BytesIO()
+        pacsv.write_csv(t, buf)
+        text = buf.getvalue().decode()
+    elif fmt == "json":
+        text = "\n".join(json.dumps(r, default=str) for r in t.to_pylist())
+    else:
+        table = Table(show_header=True, header_style="bold")
+        for name in t.column_names:
+            table.add_column(name)
+        for row in t.to_pylist():
+            table.add_row(*[("" if v is None else str(v))[:200] for v in row.values()])
+        Console().print(table)
+        return
+    if out:
+        out.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the offline quickstart)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run id: finished shards are kept, the rest is redone."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config."),
+    sets: list[str] = typer.Option([], "--set", help="Override any config field: --set search.candidates=8 (repeatable)."),
+) -> None:
+    """Run the whole pipeline: seeds -> self-generation -> routing and pairs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    overrides = _parse_sets(sets)
+    if n is not None:
+        overrides["seeds.n"] = n
+    path = config or DEFAULT_CONFIG
+    try:
+        cfg = load_config(path, overrides)  # validate before any work
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    root = (data_root or Path(cfg.data_root)).resolve()
+    from flows.pipeline import new_run_id, prepare_run, sphere_run
+    from infra import progress
+
+    if resume and not (root / "runs" / resume / "config.json").is_file():
+        console.print(f"[red]run {resume!r} not found under {root / 'runs'}[/red]")
+        raise typer.Exit(2)
+    run_id = resume or new_run_id(cfg.name)
+    run_dir = prepare_run(str(path), run_id, str(root), overrides)
+    console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
+    with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        progress.install(on_progress)
+        try:
+            summary = sphere_run(config_path=str(path), run_id=run_id, data_root=str(root), overrides=overrides)
+        except Exception as e:
+            console.print(f"[red]run {run_id} failed: {type(e).__name__}: {e}[/red]")
+            console.print(f"finished shards are kept; resume with: sphere run --resume {run_id}" + (f" --data-root {root}" if data_root else ""))
+            raise typer.Exit(1)
+        finally:
+            progress.install(None)
+    t = Table(title=f"run {run_id}")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for name, count in summary["counts"].items():
+        t.add_row(name, str(count))
+    Console().print(t)
+    Console().print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
+    Console().print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="SQL over the catalog views: problems, chains, pairs, routes, quarantine, validation."),
+    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the catalog lives."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+) -> None:
+    """Run read-only SQL against the DuckDB catalog of every run."""
+    from infra.catalog import CatalogError, query as run_query
+
+    if fmt not in ("table", "csv", "json", "parquet"):
+        raise typer.BadParameter(f"--format must be table, csv, json or parquet, not {fmt!r}")
+    try:
+        t = run_query(data_root, sql)
+    except CatalogError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1)
+    _print_table(t, fmt, out)
+
+
+@app.command("check-config")
+def check_config(config: Path = typer.Argument(..., help="Config YAML to validate.")) -> None:
+    """Validate a config file and print it with all defaults filled in."""
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    sys.stdout.write(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

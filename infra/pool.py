@@ -1,0 +1,168 @@
+"""The Ray engine pool: a fixed number of long-lived actors, each holding one backend.
+
+The backend is built once per actor, on the worker (``BackendActor.__init__``), from a
+cheap picklable config. ``EnginePool.generate(requests)`` splits a batch across the
+actors, keeps result order, and handles infrastructure failures: an actor that dies or
+does not answer within ``batch_timeout_s`` is replaced by a fresh one and its chunk is
+resent, up to ``max_retries`` times; then ``BackendError`` is raised. A request that is
+malformed (``InvalidRequest``) is not retried. Thread-safe: several Prefect shard tasks
+can share one pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from infra.backends.base import BackendError, BackendTimeout, BackendUnavailable, GenRequest, GenResult, InvalidRequest
+from infra.config import PoolConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(cfg: PoolConfig) -> None:
+    """Start (or join) Ray once per process."""
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=False)
+    else:
+        need = cfg.actors * cfg.num_cpus
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+            num_gpus=None if cfg.num_gpus else 0,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+
+
+@ray.remote(max_restarts=0)
+class BackendActor:
+    def __init__(self, backend_cfg: dict):
+        from infra.env import apply_offline_env
+
+        apply_offline_env()
+        from pydantic import TypeAdapter
+
+        from infra.backends import build_backend
+        from infra.config import BackendConfig
+
+        self.backend = build_backend(TypeAdapter(BackendConfig).validate_python(backend_cfg))
+
+    def info(self) -> dict:
+        return {"model": self.backend.model_name, "reproducible": self.backend.reproducible, "pid": os.getpid()}
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        return self.backend.generate(requests)
+
+    def crash(self) -> None:
+        """Kill this worker process (used by tests to prove the pool recovers)."""
+        os._exit(1)
+
+
+def _unwrap(err: RayTaskError) -> BaseException:
+    cause = err.cause if hasattr(err, "cause") else None
+    return cause if cause is not None else err
+
+
+class EnginePool:
+    def __init__(self, backend_cfg, pool_cfg: PoolConfig):
+        ensure_ray(pool_cfg)
+        self.backend_json = backend_cfg.model_dump(mode="json")
+        self.cfg = pool_cfg
+        self._lock = threading.Lock()
+        self.actors = [self._spawn() for _ in range(pool_cfg.actors)]
+        infos = self._start(self.actors)
+        self.model_name = infos[0]["model"]
+        self.reproducible = infos[0]["reproducible"]
+
+    def _spawn(self):
+        return BackendActor.options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus).remote(self.backend_json)
+
+    @staticmethod
+    def _start(actors) -> list[dict]:
+        try:
+            return ray.get([a.info.remote() for a in actors])
+        except RayActorError as e:
+            raise BackendUnavailable(f"backend actor failed to start: {e}") from None
+
+    def _replace(self, i: int, old) -> None:
+        with self._lock:
+            if self.actors[i] is old:
+                try:
+                    ray.kill(old, no_restart=True)
+                except Exception:  # already dead
+                    pass
+                self.actors[i] = self._spawn()
+                self._start([self.actors[i]])
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        k = len(self.actors)
+        size = -(-len(requests) // k)
+        chunks = [(i, requests[i * size : (i + 1) * size]) for i in range(k) if requests[i * size : (i + 1) * size]]
+        out: dict[int, list[GenResult]] = {}
+        attempts = {i: 0 for i, _ in chunks}
+        pending = {i: (self.actors[i], self.actors[i].generate.remote(c)) for i, c in chunks}
+        while pending:
+            i, (actor, ref) = next(iter(pending.items()))
+            try:
+                out[i] = ray.get(ref, timeout=self.cfg.batch_timeout_s)
+                del pending[i]
+                continue
+            except RayTaskError as e:
+                cause = _unwrap(e)
+                if isinstance(cause, InvalidRequest):
+                    raise cause from None
+                if not isinstance(cause, BackendError):
+                    raise BackendError(f"backend raised {type(cause).__name__}: {cause}") from None
+                reason: Exception = cause
+            except RayActorError as e:
+                reason = BackendUnavailable(f"actor died: {e}")
+            except GetTimeoutError:
+                reason = BackendTimeout(f"no answer within {self.cfg.batch_timeout_s}s")
+            attempts[i] += 1
+            if attempts[i] > self.cfg.max_retries:
+                raise BackendError(f"chunk failed {attempts[i]} times; last: {reason}") from None
+            log.warning("engine pool: %s; retrying chunk %d on a fresh actor (attempt %d)", reason, i, attempts[i])
+            self._replace(i, actor)
+            chunk = dict(chunks)[i]
+            pending[i] = (self.actors[i], self.actors[i].generate.remote(chunk))
+        return [r for i, _ in chunks for r in out[i]]
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        self.actors = []
+
+
+_POOLS: dict[str, EnginePool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def get_pool(backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
+    """The process's pool for this (backend, pool) config, built on first use."""
+    import json
+
+    key = json.dumps([backend_cfg.model_dump(mode="json"), pool_cfg.model_dump(mode="json")], sort_keys=True)
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = EnginePool(backend_cfg, pool_cfg)
+        return _POOLS[key]
+
+
+def close_pools() -> None:
+    with _POOLS_LOCK:
+        for p in _POOLS.values():
+            p.close()
+        _POOLS.clear()

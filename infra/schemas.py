@@ -1,0 +1,142 @@
+"""Arrow schemas of every table, declared once. Stages check their inputs against these."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+PROBLEMS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("question", pa.string()),
+        ("gold_answer", pa.string()),
+        ("reference_solution", pa.string()),
+        ("n_ops", pa.int32()),
+    ]
+)
+
+CHAINS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("chain_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("stage", pa.string()),
+        ("branch", pa.string()),
+        ("model", pa.string()),
+        ("scorer", pa.string()),
+        ("reward_mode", pa.string()),
+        ("template_hash", pa.string()),
+        ("config_hash", pa.string()),
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
+        ("candidates", pa.int32()),
+        ("seed", pa.int64()),
+        ("prompt", pa.string()),
+        ("steps", pa.list_(pa.string())),
+        ("step_scores", pa.list_(pa.float64())),
+        ("step_rewards", pa.list_(pa.float64())),
+        ("n_steps", pa.int32()),
+        ("text", pa.string()),
+        ("final_answer", pa.string()),
+        ("gold_answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("verdict", pa.string()),
+        ("finish", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("sampled_tokens", pa.int64()),
+        ("parent_chain_id", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pair_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("stage", pa.string()),
+        ("route", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_chain_id", pa.string()),
+        ("rejected_chain_id", pa.string()),
+        ("chosen_score", pa.float64()),
+        ("rejected_score", pa.float64()),
+        ("margin", pa.float64()),
+    ]
+)
+
+ROUTES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("max_correct", pa.bool_()),
+        ("min_correct", pa.bool_()),
+        ("route", pa.string()),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("table", pa.string()),
+        ("source", pa.string()),
+        ("check", pa.string()),
+        ("reason", pa.string()),
+        ("row", pa.string()),
+    ]
+)
+
+VALIDATION = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("table", pa.string()),
+        ("shard", pa.string()),
+        ("expectation", pa.string()),
+        ("column", pa.string()),
+        ("success", pa.bool_()),
+        ("element_count", pa.int64()),
+        ("unexpected_count", pa.int64()),
+    ]
+)
+
+SCHEMAS = {
+    "problems": PROBLEMS,
+    "chains": CHAINS,
+    "pairs": PAIRS,
+    "routes": ROUTES,
+    "quarantine": QUARANTINE,
+    "validation": VALIDATION,
+}
+
+
+class SchemaError(ValueError):
+    """A table handed to a stage lacks columns, or has them with the wrong types."""
+
+
+def require(table: pa.Table, name: str, columns: list[str] | None = None) -> None:
+    """Raise SchemaError unless ``table`` has ``columns`` (default: all) of schema ``name``."""
+    schema = SCHEMAS[name]
+    for col in columns or schema.names:
+        if col not in table.column_names:
+            raise SchemaError(f"{name}: missing column {col!r} (have {table.column_names})")
+        want = schema.field(col).type
+        if table.schema.field(col).type != want and table.num_rows:
+            raise SchemaError(f"{name}.{col}: type {table.schema.field(col).type}, expected {want}")
+
+
+def from_rows(rows: list[dict], name: str) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMAS[name])
+
+
+def stable_id(*parts: object) -> str:
+    """A content hash id: the same parts give the same id on every run and machine."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:20]

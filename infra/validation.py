@@ -1,0 +1,150 @@
+"""Great Expectations suites per table, run on every stage write.
+
+``validate(table_name, table) -> Outcome``: the suite for the table runs on a pandas
+batch (GX's SQL datasource on DuckDB is broken, GX issue 11579). Derived boolean columns
+(``_verdict_consistent`` and friends) let GX check rules that span columns or lists.
+Rows that fail any row-level expectation are split off for quarantine, with the names of
+the expectations they failed; ``Outcome.results`` holds one record per expectation for
+the ``validation`` table. The caller decides whether the failure share fails the stage.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+
+from tasks.answers import is_equivalent
+
+_CTX = None
+_CTX_LOCK = threading.Lock()
+_VALIDATE_LOCK = threading.Lock()
+_BATCH_DEFS: dict = {}
+
+
+class ValidationFailed(RuntimeError):
+    """More than the configured share of a stage's rows failed their suite."""
+
+
+@dataclass
+class Outcome:
+    good: pa.Table
+    bad_rows: list[dict]  # each: the row (as dict), "check", "reason"
+    results: list[dict] = field(default_factory=list)
+
+    @property
+    def failure_share(self) -> float:
+        total = self.good.num_rows + len(self.bad_rows)
+        return len(self.bad_rows) / total if total else 0.0
+
+
+def _context():
+    global _CTX
+    with _CTX_LOCK:
+        if _CTX is None:
+            import great_expectations as gx
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            ctx = gx.get_context(mode="ephemeral")
+            ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+            _CTX = ctx
+        return _CTX
+
+
+def _chain_derived(df: pd.DataFrame) -> pd.DataFrame:
+    def consistent(r) -> bool:
+        if r["verdict"] == "correct":
+            return bool(r["correct"]) and is_equivalent(r["final_answer"], r["gold_answer"])
+        if r["verdict"] == "no_answer":
+            return not r["correct"] and r["final_answer"] is None
+        return not r["correct"]
+
+    df["_verdict_consistent"] = df.apply(consistent, axis=1) if len(df) else pd.Series(dtype=bool)
+    df["_n_steps_ok"] = [len(s) == n and len(sc) == n for s, sc, n in zip(df["steps"], df["step_scores"], df["n_steps"])]
+    df["_scores_in_range"] = [all(0.0 <= x <= 1.0 for x in sc) for sc in df["step_scores"]]
+    return df
+
+
+def _pair_derived(df: pd.DataFrame) -> pd.DataFrame:
+    df["_chosen_ne_rejected"] = [c != r for c, r in zip(df["chosen"], df["rejected"])]
+    df["_both_nonempty"] = [bool(c and c.strip()) and bool(r and r.strip()) for c, r in zip(df["chosen"], df["rejected"])]
+    return df
+
+
+def _suite(table_name: str, gxe):
+    """The expectations of each table: (expectation, row-level?)."""
+    true = [True]
+    common = {
+        "problems": [
+            gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="question"),
+            gxe.ExpectColumnValueLengthsToBeBetween(column="question", min_value=1),
+            gxe.ExpectColumnValuesToNotBeNull(column="gold_answer"),
+        ],
+        "chains": [
+            gxe.ExpectColumnValuesToNotBeNull(column="chain_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="chain_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="verdict", value_set=["correct", "wrong", "no_answer", "error"]),
+            gxe.ExpectColumnValuesToBeInSet(column="branch", value_set=["max", "min", "corrected", "small_max", "small_min"]),
+            gxe.ExpectColumnValuesToBeInSet(column="_verdict_consistent", value_set=true),
+            gxe.ExpectColumnValuesToBeInSet(column="_n_steps_ok", value_set=true),
+            gxe.ExpectColumnValuesToBeInSet(column="_scores_in_range", value_set=true),
+        ],
+        "pairs": [
+            gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=true),
+            gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=true),
+        ],
+    }
+    return common[table_name]
+
+
+DERIVED = {"chains": _chain_derived, "pairs": _pair_derived}
+
+
+def validate(table_name: str, table: pa.Table) -> Outcome:
+    """Run the table's suite; split rows that fail any expectation from those that pass."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    if table.num_rows == 0:
+        return Outcome(table, [], [])
+    df = table.to_pandas(types_mapper=None)
+    df = DERIVED.get(table_name, lambda d: d)(df)
+    ctx = _context()
+    with _VALIDATE_LOCK:  # GX contexts are not thread-safe; a suite run is ~50 ms
+        if table_name not in _BATCH_DEFS:
+            ds = ctx.data_sources.add_pandas(f"sphere_{table_name}")
+            _BATCH_DEFS[table_name] = ds.add_dataframe_asset(table_name).add_batch_definition_whole_dataframe("all")
+        batch = _BATCH_DEFS[table_name].get_batch(batch_parameters={"dataframe": df})
+        suite = gx.ExpectationSuite(name=f"{table_name}_suite")
+        for e in _suite(table_name, gxe):
+            suite.add_expectation(e)
+        res = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+    failed: dict[int, list[str]] = {}
+    results = []
+    for r in res.results:
+        cfg = r.expectation_config
+        col = cfg.kwargs.get("column")
+        label = f"{cfg.type}({col})"
+        idx = r.result.get("unexpected_index_list") or []
+        for i in idx:
+            failed.setdefault(int(i if not isinstance(i, dict) else next(iter(i.values()))), []).append(label)
+        results.append(
+            {
+                "expectation": cfg.type,
+                "column": col,
+                "success": bool(r.success),
+                "element_count": int(r.result.get("element_count", len(df)) or 0),
+                "unexpected_count": int(r.result.get("unexpected_count", 0) or 0),
+            }
+        )
+    positions = sorted(failed)
+    keep = [i for i in range(table.num_rows) if i not in failed]
+    bad_rows = [{"row": table.slice(i, 1).to_pylist()[0], "check": failed[i][0], "reason": "; ".join(failed[i])} for i in positions]
+    return Outcome(table.take(pa.array(keep, type=pa.int64())), bad_rows, results)

@@ -1,0 +1,211 @@
+"""Seed problems: the built-in generator, or GSM8K/MATH-style JSONL and Parquet files.
+
+``load_seeds(cfg, run_id) -> (problems, quarantine)`` is pure given the files. A row that
+cannot become a problem (over the size limit, not UTF-8, not JSON, not an object, missing
+or empty question, missing answer, gold answer that cannot be parsed, a duplicate of an
+earlier problem) goes to ``quarantine`` with the check that failed, a reason and its
+source (``path:line``); the rest load. Problem ids are content hashes of (question, gold).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from infra.config import BuiltinSeeds, FileSeeds
+from infra.schemas import from_rows, stable_id
+from tasks.answers import ANSWER_RE, last_boxed, normalize_gold
+from tasks.worldgen import Difficulty, generate
+
+QUARANTINE_ROW_CHARS = 4000
+
+
+class SeedError(ValueError):
+    """A seed source cannot be read at all (missing file, unknown extension)."""
+
+
+class RowRejected(ValueError):
+    def __init__(self, check: str, reason: str):
+        super().__init__(reason)
+        self.check = check
+
+
+def problem_id(question: str, gold: str) -> str:
+    return stable_id("problem", question.strip(), gold.strip())
+
+
+def builtin_problems(cfg: BuiltinSeeds, run_id: str) -> pa.Table:
+    d = Difficulty(cfg.min_steps, cfg.max_steps, cfg.max_start, cfg.max_operand, cfg.max_value, cfg.allow_mul)
+    rows, seen = [], set()
+    for i, p in enumerate(generate(cfg.n, cfg.seed, d)):
+        pid = problem_id(p.question, str(p.answer))
+        if pid in seen:  # the generator can repeat a short problem; ids stay unique
+            pid = stable_id(pid, i)
+        seen.add(pid)
+        rows.append(
+            {
+                "run_id": run_id,
+                "problem_id": pid,
+                "source": f"builtin:seed={cfg.seed}",
+                "source_id": str(i),
+                "question": p.question,
+                "gold_answer": str(p.answer),
+                "reference_solution": p.solution,
+                "n_ops": p.n_ops,
+            }
+        )
+    return from_rows(rows, "problems")
+
+
+def _raw_rows(path: Path, max_bytes: int) -> Iterator[tuple[str, dict | None, str | None, RowRejected | None]]:
+    """(source, row, raw text, rejection) for every row of a file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        pf = pq.ParquetFile(path)
+        n = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{path}:{n}", row, None, None
+        return
+    if suffix not in (".jsonl", ".json", ".ndjson"):
+        raise SeedError(f"{path}: unsupported seed file type {suffix!r} (use .jsonl or .parquet)")
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            src = f"{path}:{n}"
+            if not line.strip():
+                continue
+            if len(line) > max_bytes:
+                yield src, None, line[:QUARANTINE_ROW_CHARS].decode("utf-8", "replace"), RowRejected(
+                    "row_too_large", f"row is {len(line):,} bytes, limit {max_bytes:,}"
+                )
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield src, None, line.decode("utf-8", "replace"), RowRejected("not_utf8", f"not UTF-8: {e.reason} at byte {e.start}")
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield src, None, text, RowRejected("invalid_json", f"not JSON: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(row, dict):
+                yield src, None, text, RowRejected("not_an_object", f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield src, row, text, None
+
+
+def _gold(cfg: FileSeeds, answer: str) -> str:
+    if cfg.format == "gsm8k":
+        m = ANSWER_RE.findall(answer)
+        gold = normalize_gold(m[-1]) if m else None
+        if gold is None:
+            raise RowRejected("unparseable_gold", f"no '#### <answer>' in {cfg.answer_field!r}")
+    else:
+        boxed = last_boxed(answer)
+        gold = normalize_gold(boxed) if boxed else None
+        if gold is None:
+            raise RowRejected("unparseable_gold", f"no \\boxed{{...}} answer in {cfg.answer_field!r}")
+    return gold
+
+
+def _problem(cfg: FileSeeds, row: dict) -> tuple[str, str, str, str | None]:
+    q, a = row.get(cfg.question_field), row.get(cfg.answer_field)
+    if q is None:
+        raise RowRejected("missing_question", f"field {cfg.question_field!r} is missing")
+    if not isinstance(q, str) or not q.strip():
+        raise RowRejected("empty_question", f"field {cfg.question_field!r} is empty or not text")
+    if a is None:
+        raise RowRejected("missing_answer", f"field {cfg.answer_field!r} is missing")
+    a = str(a)
+    sid = row.get(cfg.id_field) if cfg.id_field else None
+    return q.strip(), _gold(cfg, a), a, None if sid is None else str(sid)
+
+
+def file_problems(cfg: FileSeeds, run_id: str) -> tuple[pa.Table, pa.Table]:
+    rows, bad, seen = [], [], set()
+    for p in cfg.paths:
+        path = Path(p)
+        if not path.is_file():
+            raise SeedError(f"seed file not found: {path}")
+        for src, row, raw, rejected in _raw_rows(path, cfg.max_row_bytes):
+            if rejected is None:
+                try:
+                    q, gold, solution, sid = _problem(cfg, row)
+                    pid = problem_id(q, gold)
+                    if pid in seen:
+                        raise RowRejected("duplicate_problem", f"same question and gold as an earlier row (problem {pid})")
+                except RowRejected as e:
+                    rejected = e
+            if rejected is not None:
+                text = raw if raw is not None else json.dumps(row, default=str, ensure_ascii=False)
+                bad.append(
+                    {
+                        "run_id": run_id,
+                        "stage": "seeds",
+                        "table": "problems",
+                        "source": src,
+                        "check": rejected.check,
+                        "reason": str(rejected),
+                        "row": text[:QUARANTINE_ROW_CHARS],
+                    }
+                )
+                continue
+            seen.add(pid)
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "problem_id": pid,
+                    "source": src,
+                    "source_id": sid,
+                    "question": q,
+                    "gold_answer": gold,
+                    "reference_solution": solution,
+                    "n_ops": None,
+                }
+            )
+            if cfg.limit and len(rows) >= cfg.limit:
+                break
+    return from_rows(rows, "problems"), from_rows(bad, "quarantine")
+
+
+def load_seeds(cfg: BuiltinSeeds | FileSeeds, run_id: str) -> tuple[pa.Table, pa.Table]:
+    if isinstance(cfg, BuiltinSeeds):
+        return builtin_problems(cfg, run_id), from_rows([], "quarantine")
+    return file_problems(cfg, run_id)
+
+
+# ---------------------------------------------------------------- Prefect wrapper
+
+from prefect import task  # noqa: E402
+
+from tasks.common import RunContext, persist  # noqa: E402
+
+STAGE = "seeds"
+
+
+@task(name="load-seeds", persist_result=False)
+def seeds_task(run_dir: str) -> list[str]:
+    """Load seeds, quarantine bad rows, write validated ``problems`` shards; returns shard ids.
+
+    Idempotent: a finished manifest means the shards are all written, and they are reused.
+    """
+    ctx = RunContext.open(run_dir)
+    manifest = ctx.store.run_dir / "_done" / "seeds.manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text())["shards"]
+    problems, bad = load_seeds(ctx.cfg.seeds, ctx.run_id)
+    ctx.store.write("quarantine", "seeds-parse", "00000", bad)
+    size = ctx.cfg.generation.shard_size
+    shards = []
+    for k, start in enumerate(range(0, problems.num_rows, size)):
+        shard = f"{k:05d}"
+        persist(ctx, "problems", STAGE, shard, problems.slice(start, size))
+        shards.append(shard)
+    ctx.store.write_json("_done/seeds.manifest.json", {"shards": shards, "problems": problems.num_rows, "quarantined": bad.num_rows})
+    return shards
