@@ -95,6 +95,7 @@ class PoolConfig(_Model):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
     max_retries: int = Field(2, ge=0, description="Times a batch is retried on a fresh actor after the actor dies or times out.")
     batch_timeout_s: float = Field(600.0, gt=0, description="A batch not answered within this is an infrastructure failure.")
+    startup_timeout_s: float = Field(300.0, gt=0, description="Actors must have built their backends within this (else the run fails fast).")
 
 
 # ---------------------------------------------------------------- method

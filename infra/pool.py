@@ -85,12 +85,17 @@ class EnginePool:
     def _spawn(self):
         return BackendActor.options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus).remote(self.backend_json)
 
-    @staticmethod
-    def _start(actors) -> list[dict]:
+    def _start(self, actors) -> list[dict]:
+        """Wait for actors to build their backends; fail fast with the backend's message."""
         try:
-            return ray.get([a.info.remote() for a in actors])
+            return ray.get([a.info.remote() for a in actors], timeout=self.cfg.startup_timeout_s)
         except RayActorError as e:
             raise BackendUnavailable(f"backend actor failed to start: {e}") from None
+        except GetTimeoutError:
+            raise BackendUnavailable(
+                f"backend actors not ready within {self.cfg.startup_timeout_s}s "
+                f"(are {self.cfg.num_cpus} CPUs / {self.cfg.num_gpus} GPUs per actor free in the Ray cluster?)"
+            ) from None
 
     def _replace(self, i: int, old) -> None:
         with self._lock:

@@ -56,9 +56,9 @@ def _context():
 def _chain_derived(df: pd.DataFrame) -> pd.DataFrame:
     def consistent(r) -> bool:
         if r["verdict"] == "correct":
-            return bool(r["correct"]) and is_equivalent(r["final_answer"], r["gold_answer"])
+            return bool(r["correct"]) and not pd.isna(r["final_answer"]) and is_equivalent(r["final_answer"], r["gold_answer"])
         if r["verdict"] == "no_answer":
-            return not r["correct"] and r["final_answer"] is None
+            return not r["correct"] and pd.isna(r["final_answer"])
         return not r["correct"]
 
     df["_verdict_consistent"] = df.apply(consistent, axis=1) if len(df) else pd.Series(dtype=bool)
@@ -69,7 +69,7 @@ def _chain_derived(df: pd.DataFrame) -> pd.DataFrame:
 
 def _pair_derived(df: pd.DataFrame) -> pd.DataFrame:
     df["_chosen_ne_rejected"] = [c != r for c, r in zip(df["chosen"], df["rejected"])]
-    df["_both_nonempty"] = [bool(c and c.strip()) and bool(r and r.strip()) for c, r in zip(df["chosen"], df["rejected"])]
+    df["_both_nonempty"] = [isinstance(c, str) and bool(c.strip()) and isinstance(r, str) and bool(r.strip()) for c, r in zip(df["chosen"], df["rejected"])]
     return df
 
 

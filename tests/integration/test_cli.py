@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from infra import catalog
+from infra.schemas import from_rows
+from infra.storage import RunStore
+
+runner = CliRunner()
+COMMANDS = ["run", "query", "check-config"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_text(cmd):
+    res = runner.invoke(app, [cmd, "--help"])
+    assert res.exit_code == 0
+    info = app.registered_commands[[c.name or c.callback.__name__ for c in app.registered_commands].index(cmd)]
+    assert (info.callback.__doc__ or "").strip(), f"{cmd} has no help text"
+
+
+def test_bad_config_stops_before_any_work_with_one_message(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search:\n  candidates: 0\n")
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(bad), "--data-root", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "search.candidates" in res.stderr and str(bad) in res.stderr
+    assert not (tmp_path / "d").exists()  # nothing was started
+
+
+@pytest.fixture
+def small_catalog(tmp_path):
+    rows = [{"run_id": "r1", "problem_id": f"p{i}", "question": f"q{i}", "gold_answer": str(i)} for i in range(3)]
+    RunStore(tmp_path, "r1").write("problems", "seeds", "00000", from_rows(rows, "problems"))
+    catalog.refresh(tmp_path)
+    return tmp_path
+
+
+def test_query_formats(small_catalog, tmp_path):
+    sql = "select problem_id, gold_answer from problems order by 1"
+    res = runner.invoke(app, ["query", sql, "--data-root", str(small_catalog), "--format", "json"])
+    assert res.exit_code == 0
+    assert [json.loads(line) for line in res.stdout.strip().splitlines()] == [
+        {"problem_id": f"p{i}", "gold_answer": str(i)} for i in range(3)
+    ]
+    res = runner.invoke(app, ["query", sql, "--data-root", str(small_catalog), "--format", "csv"])
+    assert res.stdout.splitlines()[0].replace('"', "") == "problem_id,gold_answer"
+    out = tmp_path / "out.parquet"
+    res = runner.invoke(app, ["query", sql, "--data-root", str(small_catalog), "--format", "parquet", "--out", str(out)])
+    import pyarrow.parquet as pq
+
+    assert res.exit_code == 0 and pq.read_table(out).num_rows == 3
+
+
+def test_query_errors_are_clear(small_catalog, tmp_path):
+    res = runner.invoke(app, ["query", "select * from nope", "--data-root", str(small_catalog)])
+    assert res.exit_code == 1 and "query failed" in res.stderr
+    res = runner.invoke(app, ["query", "select 1", "--data-root", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "sphere run" in res.stderr

@@ -1,0 +1,46 @@
+import pytest
+
+from infra.config import ConfigError, RunConfig, load_config
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "builtin-1k.yaml", "smollm2.yaml", "gsm8k-file.yaml"])
+def test_shipped_configs_validate(name):
+    assert isinstance(load_config(ROOT / "configs" / name), RunConfig)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, field, words",
+    [
+        ("search:\n  candidates: 1\n", "search.candidates", "greater than or equal to 2"),
+        ("search:\n  candidatez: 5\n", "search.candidatez", "Extra inputs"),
+        ("policy:\n  kind: gpt5\n", "policy", "tag"),
+        ("seeds:\n  kind: builtin\n  min_steps: 5\n  max_steps: 2\n", "seeds", "min_steps"),
+        ("pool:\n  actors: lots\n", "pool.actors", "integer"),
+        ("- just\n- a list\n", "top level", "mapping"),
+        ("search: [unclosed\n", "YAML", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_the_file_and_the_field(tmp_path, yaml_text, field, words):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert str(f) in msg and field in msg and words in msg
+
+
+def test_every_field_has_a_description():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            ann = field.annotation
+            for sub in getattr(ann, "__args__", ()) or (ann,):
+                if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                    walk(sub)
+    walk(RunConfig)
+
+
+def test_relative_seed_paths_resolve_against_the_config_file():
+    cfg = load_config(ROOT / "configs" / "gsm8k-file.yaml")
+    assert cfg.seeds.paths[0] == str((ROOT / "tests" / "data" / "gsm8k_sample.jsonl").resolve())
