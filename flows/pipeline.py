@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from infra import catalog, progress  # noqa: E402
 from infra.config import RunConfig, load_config  # noqa: E402
+from infra.pool import close_pools  # noqa: E402
 from infra.storage import RunStore  # noqa: E402
 from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
 from tasks.routing import route_and_pair_task  # noqa: E402
@@ -134,6 +135,13 @@ def _run_name() -> str:
 def sphere_run(config_path: str | None = None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None) -> dict:
     """The whole pipeline. With ``run_id`` of an existing run, resumes it (finished shards are kept)."""
     run_dir = prepare_run(config_path, run_id, data_root, overrides)
+    try:
+        return _run_stages(run_dir)
+    finally:
+        close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
+
+
+def _run_stages(run_dir: str) -> dict:
     shards = seeds_stage(run_dir)
     progress.report("seeds", 1, 1)
     workers = RunConfig.model_validate(RunStore(Path(run_dir).parent.parent, Path(run_dir).name).load_config()).generation.concurrency

