@@ -114,7 +114,8 @@ def run(
             raise typer.Exit(1)
         finally:
             progress.install(None)
-    t = Table(title=f"run {run_id}")
+    Console().print(f"run {run_id} finished")
+    t = Table()
     t.add_column("table")
     t.add_column("rows", justify="right")
     for name, count in summary["counts"].items():

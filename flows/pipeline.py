@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from infra import catalog, progress  # noqa: E402
 from infra.config import RunConfig, load_config  # noqa: E402
-from infra.pool import close_pools  # noqa: E402
+from infra.pool import close_pools, ensure_ray  # noqa: E402
 from infra.storage import RunStore  # noqa: E402
 from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
 from tasks.routing import route_and_pair_task  # noqa: E402
@@ -144,8 +144,9 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
 def _run_stages(run_dir: str) -> dict:
     shards = seeds_stage(run_dir)
     progress.report("seeds", 1, 1)
-    workers = RunConfig.model_validate(RunStore(Path(run_dir).parent.parent, Path(run_dir).name).load_config()).generation.concurrency
-    generation_stage.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(run_dir, shards)
+    cfg = RunConfig.model_validate(RunStore(Path(run_dir).parent.parent, Path(run_dir).name).load_config())
+    ensure_ray(cfg.pool)  # from the main thread, before shard tasks build the pool in theirs
+    generation_stage.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency))(run_dir, shards)
     pairing_stage(run_dir)
     progress.report("pairs", 1, 1)
     catalog.refresh(Path(run_dir).parent.parent)

@@ -44,8 +44,12 @@ def _context():
     global _CTX
     with _CTX_LOCK:
         if _CTX is None:
+            import logging
+
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
             ctx = gx.get_context(mode="ephemeral")
             ctx.variables.progress_bars = ProgressBarsConfig(globally=False)

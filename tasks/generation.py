@@ -28,6 +28,8 @@ def chain_row(
     answer = extract_answer(c.steps[-1]) if c.steps else None
     correct = is_equivalent(answer, problem["gold_answer"]) if answer is not None else False
     verdict = "error" if error else ("no_answer" if answer is None else ("correct" if correct else "wrong"))
+    if answer is None and not error:
+        error = f"no final answer stated (chain ended by {c.finish or 'error'} after {len(c.steps)} steps)"
     return {
         "run_id": run_id,
         "chain_id": stable_id("chain", problem["problem_id"], stage, c.branch, template.sha, config_hash, cfg.seed),

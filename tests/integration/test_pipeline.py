@@ -29,6 +29,7 @@ def test_every_problem_gets_two_chains_a_route_and_validated_rows(finished_run):
     assert {ch["verdict"] for ch in chains} <= {"correct", "wrong", "no_answer"}
     for ch in chains:
         assert ch["n_steps"] == len(ch["steps"]) == len(ch["step_scores"]) and ch["model"].startswith("tiny:")
+        assert (ch["error"] is not None) == (ch["verdict"] == "no_answer")
         assert ch["text"] == "\n\n".join(ch["steps"])
     pairs = store.read_table("pairs").to_pylist()
     assert len(pairs) == summary["routes"].get("generation_pair", 0)
