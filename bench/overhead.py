@@ -48,7 +48,7 @@ def baseline(cfg, run_id: str, shard_size: int) -> tuple[float, list]:
     texts = []
     for start in range(0, problems.num_rows, shard_size):
         chains = self_generate(
-            problems.slice(start, shard_size), backend.generate, build_scorer(cfg.scorer), cfg, run_id=run_id,
+            problems.slice(start, shard_size), backend.generate, build_scorer(cfg.scorer, backend.generate, cfg.search, cfg.seed), cfg, run_id=run_id,
             model=backend.model_name, template=template, config_hash=cfg.stage_hash(*STAGE_SECTIONS),
         )
         texts += chains.column("text").to_pylist()

@@ -122,6 +122,7 @@ def run(
         t.add_row(name, str(count))
     Console().print(t)
     Console().print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
+    Console().print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"))
     Console().print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
 
 
@@ -143,6 +144,57 @@ def query(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)
     _print_table(t, fmt, out)
+
+
+def _run_dir(run_id: str, data_root: Path) -> str:
+    run_dir = data_root.resolve() / "runs" / run_id
+    if not (run_dir / "config.json").is_file():
+        console.print(f"[red]run {run_id!r} not found under {data_root.resolve() / 'runs'}[/red]")
+        raise typer.Exit(2)
+    return str(run_dir)
+
+
+@app.command()
+def rerun(
+    run_id: str = typer.Argument(..., help="The run to rerun a stage of."),
+    stage: str = typer.Option(..., "--stage", help="seeds | generation | routing | self_correction | diversity | sft"),
+    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the run lives."),
+    sets: list[str] = typer.Option([], "--set", help="Change a config field for this rerun: --set self_correction.shard_size=10."),
+) -> None:
+    """Re-execute one stage and everything downstream of it from the stored upstream Parquet.
+
+    Finished upstream stages are not touched. The stage's previous outputs are moved to
+    _superseded/ in the run directory, and config changes are logged to reruns.jsonl.
+    """
+    from flows.pipeline import STAGES, sphere_rerun
+
+    if stage not in STAGES:
+        raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    run_dir = _run_dir(run_id, data_root)
+    try:
+        summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
+    except Exception as e:
+        console.print(f"[red]rerun of {stage} failed: {type(e).__name__}: {e}[/red]")
+        raise typer.Exit(1)
+    Console().print(f"rerun of {stage} finished: " + ", ".join(f"{k}={v}" for k, v in summary["counts"].items()))
+
+
+@app.command()
+def export(
+    run_id: str = typer.Argument(..., help="The run to export."),
+    fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | sft (prompt, completion)"),
+    to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl and <format>.parquet into."),
+    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the run lives."),
+    chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
+) -> None:
+    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet."""
+    from tasks.export import export_run
+
+    if fmt not in ("dpo", "sft"):
+        raise typer.BadParameter(f"--format must be dpo or sft, not {fmt!r}")
+    paths = export_run(Path(_run_dir(run_id, data_root)), fmt, to, chat=chat)
+    for p in paths:
+        Console().print(f"wrote {p}")
 
 
 @app.command("check-config")

@@ -13,6 +13,7 @@ from infra.env import apply_offline_env
 
 apply_offline_env()
 
+import json  # noqa: E402
 import secrets  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,10 +28,22 @@ from infra.config import RunConfig, load_config  # noqa: E402
 from infra.pool import close_pools, ensure_ray  # noqa: E402
 from infra.storage import RunStore  # noqa: E402
 from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
+from tasks.diversity import diversify_shard  # noqa: E402
 from tasks.routing import route_and_pair_task  # noqa: E402
 from tasks.seeds import seeds_task  # noqa: E402
+from tasks.self_correction import self_correct_shard  # noqa: E402
+from tasks.sft import sft_task  # noqa: E402
 
-TABLES = ("problems", "chains", "pairs", "routes", "quarantine", "validation")
+TABLES = ("problems", "chains", "pairs", "sft", "routes", "quarantine", "validation")
+STAGES = ("seeds", "generation", "routing", "self_correction", "diversity", "sft")
+DOWNSTREAM = {
+    "seeds": STAGES[1:],
+    "generation": ("routing", "self_correction", "diversity", "sft"),
+    "routing": ("self_correction", "diversity", "sft"),
+    "self_correction": ("sft",),
+    "diversity": ("sft",),
+    "sft": (),
+}
 
 
 class StageFailed(RuntimeError):
@@ -70,39 +83,71 @@ def seeds_stage(run_dir: str) -> list[str]:
     return seeds_task(run_dir)
 
 
-@flow(name="generation", flow_run_name="generation")
-def generation_stage(run_dir: str, shards: list[str]) -> list[str]:
-    store = RunStore(Path(run_dir).parent.parent, Path(run_dir).name)
-    futures = [
-        generate_shard.with_options(refresh_cache=not store.is_done("chains", GENERATION, s)).submit(run_dir, s) for s in shards
-    ]
+def _fan_out(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
+    """Submit one task per shard, wait for all, fail the stage if any failed (others kept)."""
+    store = _store(run_dir)
+    futures = [task.with_options(refresh_cache=not store.is_done("chains", stage, s)).submit(run_dir, s) for s in shards]
     done, failed = [], []
+    progress.report(stage, 0, len(shards))
     for fut in as_completed(futures):
         try:
             done.append(fut.result())
         except Exception as e:  # a failed shard fails the stage after the others finish
             failed.append(f"{type(e).__name__}: {e}")
-        progress.report(GENERATION, len(done) + len(failed), len(shards))
+        progress.report(stage, len(done) + len(failed), len(shards))
+    close_pools()  # free the actors for the next stage's backend
     if failed:
-        raise StageFailed(f"{len(failed)} of {len(shards)} generation shards failed (finished ones kept):\n" + "\n".join(failed))
+        raise StageFailed(f"{len(failed)} of {len(shards)} {stage} shards failed (finished ones kept):\n" + "\n".join(failed))
     return sorted(done)
 
 
-@flow(name="pairs", flow_run_name="pairs")
-def pairing_stage(run_dir: str) -> dict:
+@flow(name="generation", flow_run_name="generation")
+def generation_stage(run_dir: str, shards: list[str]) -> list[str]:
+    return _fan_out(generate_shard, run_dir, GENERATION, shards)
+
+
+@flow(name="routing", flow_run_name="routing")
+def routing_stage(run_dir: str) -> dict:
     return route_and_pair_task(run_dir)
 
 
+def _worklist_shards(run_dir: str, stage: str) -> list[str]:
+    return json.loads((Path(run_dir) / "_done" / "routing.manifest.json").read_text())[stage]
+
+
+@flow(name="self-correction", flow_run_name="self-correction")
+def self_correction_stage(run_dir: str) -> list[str]:
+    return _fan_out(self_correct_shard, run_dir, "self_correction", _worklist_shards(run_dir, "self_correction"))
+
+
+@flow(name="diversity", flow_run_name="diversity")
+def diversity_stage(run_dir: str) -> list[str]:
+    return _fan_out(diversify_shard, run_dir, "diversity", _worklist_shards(run_dir, "diversity"))
+
+
+@flow(name="sft", flow_run_name="sft")
+def sft_stage(run_dir: str) -> int:
+    return sft_task(run_dir)
+
+
+def _store(run_dir: str) -> RunStore:
+    return RunStore(Path(run_dir).parent.parent, Path(run_dir).name)
+
+
 def summarize(run_dir: str) -> dict:
-    store = RunStore(Path(run_dir).parent.parent, Path(run_dir).name)
+    store = _store(run_dir)
     counts = {t: store.read_table(t).num_rows for t in TABLES}
     routes = store.read_table("routes").column("route").to_pylist()
-    return {
+    pairs = store.read_table("pairs").column("stage").to_pylist()
+    summary = {
         "run_id": store.run_id,
         "run_dir": run_dir,
         "counts": counts,
         "routes": {r: routes.count(r) for r in sorted(set(routes))},
+        "pairs_by_stage": {s: pairs.count(s) for s in sorted(set(pairs))},
     }
+    store.write_json("summary.json", summary)
+    return summary
 
 
 def _publish(summary: dict) -> None:
@@ -118,6 +163,10 @@ def _publish(summary: dict) -> None:
         "| route | problems |",
         "|---|---|",
         *[f"| {r} | {n} |" for r, n in summary["routes"].items()],
+        "",
+        "| stage | pairs |",
+        "|---|---|",
+        *[f"| {st} | {n} |" for st, n in summary["pairs_by_stage"].items()],
         "",
         f"Validation: {len(val)} expectation runs, {len(failed)} with failures.",
         *[f"- {v['table']}/{v['stage']}/{v['shard']}: {v['expectation']}({v['column']}) {v['unexpected_count']} rows" for v in failed[:50]],
@@ -144,12 +193,83 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
 def _run_stages(run_dir: str) -> dict:
     shards = seeds_stage(run_dir)
     progress.report("seeds", 1, 1)
-    cfg = RunConfig.model_validate(RunStore(Path(run_dir).parent.parent, Path(run_dir).name).load_config())
+    cfg = RunConfig.model_validate(_store(run_dir).load_config())
     ensure_ray(cfg.pool)  # from the main thread, before shard tasks build the pool in theirs
-    generation_stage.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency))(run_dir, shards)
-    pairing_stage(run_dir)
-    progress.report("pairs", 1, 1)
+    runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
+    generation_stage.with_options(task_runner=runner)(run_dir, shards)
+    routing_stage(run_dir)
+    if cfg.self_correction.enabled:
+        self_correction_stage.with_options(task_runner=runner)(run_dir)
+    if cfg.diversity.enabled:
+        diversity_stage.with_options(task_runner=runner)(run_dir)
+    sft_stage(run_dir)
     catalog.refresh(Path(run_dir).parent.parent)
     summary = summarize(run_dir)
     _publish(summary)
     return summary
+
+
+def stage_outputs(store: RunStore, stage: str) -> list[Path]:
+    """Every file and folder a stage owns: ``<table>/<stage>[-*]``, its markers and manifest."""
+    owned = lambda name: name == stage or name.startswith(f"{stage}-")  # noqa: E731
+    paths = [d for t in store.run_dir.iterdir() if t.is_dir() and not t.name.startswith("_") for d in t.iterdir() if d.is_dir() and owned(d.name)]
+    done = store.run_dir / "_done"
+    if done.is_dir():
+        paths += [m for m in done.iterdir() if owned(m.name.split(".")[1] if m.name.count(".") >= 2 else "") or m.name == f"{stage}.manifest.json"]
+    return paths
+
+
+def supersede(run_dir: str, stage: str) -> Path:
+    """Move the outputs of ``stage`` and everything downstream aside (nothing is deleted)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    store = _store(run_dir)
+    dest = store.run_dir / "_superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
+    for st in (stage, *DOWNSTREAM[stage]):
+        for path in stage_outputs(store, st):
+            target = dest / path.relative_to(store.run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(target)
+    return dest
+
+
+def record_rerun(run_dir: str, stage: str, overrides: dict | None) -> dict:
+    """Apply config overrides to the run's stored config and log the change."""
+    store = _store(run_dir)
+    old = store.load_config()
+    new = RunConfig.model_validate(_deep_merge(old, _nest(overrides or {}))).model_dump(mode="json")
+    changes = {k: {"old": _get(old, k), "new": _get(new, k)} for k in (overrides or {})}
+    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "changes": changes}
+    with open(store.run_dir / "reruns.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    store.save_config(new)
+    return entry
+
+
+def _deep_merge(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+@flow(name="sphere-rerun", flow_run_name="rerun-{stage}")
+def sphere_rerun(run_dir: str, stage: str, overrides: dict | None = None) -> dict:
+    """Re-execute ``stage`` and everything downstream from the stored upstream Parquet.
+
+    Upstream stages are not touched (their finished shards are skipped); the stage's old
+    outputs are moved to ``_superseded/``; a config change is applied and logged to
+    ``reruns.jsonl``.
+    """
+    record_rerun(run_dir, stage, overrides)
+    supersede(run_dir, stage)
+    try:
+        return _run_stages(run_dir)
+    finally:
+        close_pools()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -115,7 +115,14 @@ class SearchConfig(_Model):
 
 
 class ScorerConfig(_Model):
-    kind: Literal["arithmetic"] = Field("arithmetic", description="Step scorer. 'arithmetic' recomputes every 'a op b = c' exactly.")
+    kind: Literal["arithmetic", "rollout", "logprob"] = Field(
+        "arithmetic",
+        description="Step scorer. arithmetic: recompute every 'a op b = c' exactly; rollout: share of k policy completions "
+        "from the step that reach gold; logprob: the policy's geometric-mean token probability of the step.",
+    )
+    rollouts: int = Field(4, ge=1, le=64, description="rollout: completions per candidate step (k).")
+    rollout_temperature: float = Field(0.8, ge=0, description="rollout: sampling temperature of the completions.")
+    rollout_max_tokens: int = Field(160, ge=8, description="rollout: token budget of one completion to the end.")
     unknown_score: float = Field(0.5, ge=0, le=1, description="Score of a step with no checkable equation.")
     ungrounded_score: float = Field(
         0.25, ge=0, le=1, description="Score of a step whose arithmetic holds but uses a number found neither in the question nor in earlier steps."
@@ -127,6 +134,28 @@ class GenerationStage(_Model):
     concurrency: int = Field(2, ge=1, description="Shards in flight at once (each fans its requests out over the actor pool).")
     prompt_template: str = Field("solve_v1", description="Prompt template file in infra/prompts (name without .txt).")
     mixed_outcome: Literal["drop", "swap"] = Field("drop", description="MAX wrong, MIN right: drop the pair, or swap labels.")
+
+
+class SelfCorrectionStage(_Model):
+    enabled: bool = Field(True, description="Run self-correction on problems where MAX and MIN are both wrong.")
+    policy: Optional[BackendConfig] = Field(None, description="Backend for the correction; None uses the main policy.")
+    prompt_template: str = Field("review_v1", description="Template showing the failed step; needs {question} and {wrong_step}.")
+    shard_size: int = Field(50, ge=1, description="Problems per self-correction shard.")
+
+
+class DiversityStage(_Model):
+    enabled: bool = Field(True, description="Run diversity induction on problems where MAX and MIN are both right.")
+    small_policy: BackendConfig = Field(
+        default_factory=lambda: TinyBackend(checkpoint="small"), description="The smaller policy that searches for other trajectories."
+    )
+    candidates: Optional[int] = Field(None, ge=2, le=128, description="Candidates per step for the small policy; None = 2E.")
+    shard_size: int = Field(50, ge=1, description="Problems per diversity shard.")
+
+
+class SFTConfig(_Model):
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which two correct chains of a problem are near-duplicates.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations.")
+    shingle: int = Field(3, ge=1, description="Word n-gram size of the MinHash shingles.")
 
 
 class ValidationConfig(_Model):
@@ -143,6 +172,9 @@ class RunConfig(_Model):
     search: SearchConfig = Field(default_factory=SearchConfig, description="The pruned step search.")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="The step scorer.")
     generation: GenerationStage = Field(default_factory=GenerationStage, description="Self-generation stage settings.")
+    self_correction: SelfCorrectionStage = Field(default_factory=SelfCorrectionStage, description="Self-correction stage settings.")
+    diversity: DiversityStage = Field(default_factory=DiversityStage, description="Diversity-induction stage settings.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="How the SFT set is deduplicated.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
     answer_timeout_s: float = Field(5.0, gt=0, description="Bound on one math-verify answer check.")
 

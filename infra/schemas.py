@@ -72,6 +72,18 @@ PAIRS = pa.schema(
     ]
 )
 
+SFT = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sft_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("stage", pa.string()),
+        ("prompt", pa.string()),
+        ("completion", pa.string()),
+        ("chain_id", pa.string()),
+    ]
+)
+
 ROUTES = pa.schema(
     [
         ("run_id", pa.string()),
@@ -112,6 +124,7 @@ SCHEMAS = {
     "problems": PROBLEMS,
     "chains": CHAINS,
     "pairs": PAIRS,
+    "sft": SFT,
     "routes": ROUTES,
     "quarantine": QUARANTINE,
     "validation": VALIDATION,

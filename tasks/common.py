@@ -5,7 +5,8 @@ that fail to ``quarantine`` (with the expectations they failed) and the suite re
 ``validation``, then write the good rows and mark the shard done. The shard marker is
 written last, so a crash anywhere before it leaves the shard to be redone. When the
 failure share passes ``validation.max_failure_share`` the stage raises
-``ValidationFailed`` after everything is written: the run keeps what it had.
+``ValidationFailed`` after quarantine and results are written, without committing the
+shard, so a resume recomputes it (and fails again until something changes).
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ def quarantine_rows(run_id: str, stage: str, table: str, bad: list[dict]) -> pa.
     )
 
 
-def persist(ctx: RunContext, table_name: str, stage: str, shard: str, table: pa.Table, **meta) -> Path:
+def persist(ctx: RunContext, table_name: str, stage: str, shard: str, table: pa.Table, extra: dict | None = None, **meta) -> Path:
     """Validate, write quarantine + validation results + good rows; mark the shard done."""
-    outcome = validate(table_name, table)
+    outcome = validate(table_name, table, extra)
     store = ctx.store
     store.write("quarantine", f"{stage}-{table_name}", shard, quarantine_rows(ctx.run_id, stage, table_name, outcome.bad_rows))
     store.write(
@@ -83,14 +84,13 @@ def persist(ctx: RunContext, table_name: str, stage: str, shard: str, table: pa.
         shard,
         from_rows([{"run_id": ctx.run_id, "stage": stage, "table": table_name, "shard": shard, **r} for r in outcome.results], "validation"),
     )
-    path = store.write(table_name, stage, shard, outcome.good, code_version=code_version(), **meta)
     limit = ctx.cfg.validation.max_failure_share
-    if outcome.failure_share > limit:
+    if outcome.failure_share > limit:  # the shard is not committed: a resume recomputes it and fails again
         raise ValidationFailed(
             f"{table_name}/{stage}/{shard}: {len(outcome.bad_rows)} of {table.num_rows} rows failed their suite "
             f"({outcome.failure_share:.1%} > {limit:.1%}); see the quarantine table"
         )
-    return path
+    return store.write(table_name, stage, shard, outcome.good, code_version=code_version(), **meta)
 
 
 def shard_cache_key(inputs: list[Path], stage_hash: str, out_dir: str, shard: str) -> str:
@@ -100,3 +100,67 @@ def shard_cache_key(inputs: list[Path], stage_hash: str, out_dir: str, shard: st
         h.update(file_sha256(p).encode())
     h.update(f"{stage_hash}|{code_version()}|{out_dir}|{shard}".encode())
     return h.hexdigest()
+
+
+def problem_context(ctx: RunContext) -> tuple[dict[str, str], dict[str, str]]:
+    """(gold by problem id, solve prompt by problem id) of the run."""
+    from infra.prompts import load_template
+
+    solve = load_template(ctx.cfg.generation.prompt_template)
+    rows = ctx.store.read_table("problems", "seeds").select(["problem_id", "question", "gold_answer"]).to_pylist()
+    return {r["problem_id"]: r["gold_answer"] for r in rows}, {r["problem_id"]: solve.render(question=r["question"]) for r in rows}
+
+
+def pair_checks(pairs: pa.Table, gold: dict[str, str], prompts: dict[str, str]) -> dict[str, list]:
+    """Re-verify every pair against its problem: chosen right, rejected wrong, prompt = the problem's."""
+    from tasks.answers import extract_answer, is_equivalent
+
+    rows = pairs.select(["problem_id", "prompt", "chosen", "rejected"]).to_pylist()
+    return {
+        "_chosen_verified": [is_equivalent(extract_answer(r["chosen"] or ""), gold.get(r["problem_id"], "")) for r in rows],
+        "_rejected_verified_wrong": [not is_equivalent(extract_answer(r["rejected"] or ""), gold.get(r["problem_id"], "")) for r in rows],
+        "_prompt_matches": [r["prompt"] == prompts.get(r["problem_id"]) for r in rows],
+    }
+
+
+def sft_checks(sft: pa.Table, gold: dict[str, str], prompts: dict[str, str]) -> dict[str, list]:
+    from tasks.answers import extract_answer, is_equivalent
+
+    rows = sft.select(["problem_id", "prompt", "completion"]).to_pylist()
+    return {
+        "_completion_verified": [is_equivalent(extract_answer(r["completion"] or ""), gold.get(r["problem_id"], "")) for r in rows],
+        "_prompt_matches": [r["prompt"] == prompts.get(r["problem_id"]) for r in rows],
+    }
+
+
+def persist_pairs(ctx: RunContext, stage: str, shard: str, pairs: pa.Table) -> Path:
+    gold, prompts = problem_context(ctx)
+    return persist(ctx, "pairs", stage, shard, pairs, extra=pair_checks(pairs, gold, prompts))
+
+
+WORKLIST_STAGE = "routing"
+
+
+def model_shard(ctx: RunContext, stage: str, shard: str, backend_cfg, compute) -> str:
+    """The body of a model stage's shard task: skip if done; else read the shard's worklist,
+    run ``compute(worklist, pool) -> (chains, pairs)`` on the Ray pool, persist pairs then
+    chains (the chains marker commits the shard)."""
+    from infra.pool import get_pool
+
+    if ctx.store.is_done("chains", stage, shard):
+        return str(ctx.store.part_path("chains", stage, shard))
+    worklist = ctx.store.read_part("worklist", WORKLIST_STAGE, f"{stage}-{shard}")
+    chains, pairs = compute(worklist, get_pool(backend_cfg, ctx.cfg.pool))
+    persist_pairs(ctx, stage, shard, pairs)
+    return str(persist(ctx, "chains", stage, shard, chains))
+
+
+def worklist_cache_key(stage: str, sections: tuple[str, ...]):
+    """A Prefect cache_key_fn for a model stage's shard task."""
+
+    def key(context, params) -> str:
+        ctx = RunContext.open(params["run_dir"])
+        inputs = [ctx.store.part_path("worklist", WORKLIST_STAGE, f"{stage}-{params['shard']}")]
+        return shard_cache_key(inputs, ctx.cfg.stage_hash(*sections), params["run_dir"], params["shard"])
+
+    return key

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from infra.config import RunConfig
+from infra.config import RunConfig, SearchConfig
 from infra.prompts import Template
 from infra.schemas import from_rows, require, stable_id
 from tasks.answers import extract_answer, is_equivalent
@@ -21,9 +21,10 @@ STAGE = "generation"
 
 
 def chain_row(
-    c: Chain, problem: dict, *, run_id: str, stage: str, model: str, cfg: RunConfig, template: Template,
-    config_hash: str, scorer: str, parent: str | None = None, error: str | None = None,
+    c: Chain, problem: dict, *, run_id: str, stage: str, model: str, cfg: RunConfig, template: Template, prompt: str,
+    config_hash: str, scorer: str, parent: str | None = None, error: str | None = None, search: SearchConfig | None = None,
 ) -> dict:
+    """One ``chains`` row; ``prompt`` is the rendered prompt the chain was grown from."""
     text = cfg.search.step_separator.join(c.steps)
     answer = extract_answer(c.steps[-1]) if c.steps else None
     correct = is_equivalent(answer, problem["gold_answer"]) if answer is not None else False
@@ -43,9 +44,9 @@ def chain_row(
         "config_hash": config_hash,
         "temperature": cfg.search.temperature,
         "top_p": cfg.search.top_p,
-        "candidates": cfg.search.candidates,
+        "candidates": (search or cfg.search).candidates,
         "seed": cfg.seed,
-        "prompt": template.render(question=problem["question"]),
+        "prompt": prompt,
         "steps": c.steps,
         "step_scores": [cfg.scorer.unknown_score if s is None else s for s in c.scores],
         "step_rewards": c.rewards,
@@ -71,12 +72,12 @@ def self_generate(
     """MAX and MIN chains for every problem of the shard (2 rows per problem)."""
     require(problems, "problems", ["problem_id", "question", "gold_answer"])
     rows = problems.to_pylist()
-    sp = [SearchProblem(r["problem_id"], r["question"], template.render(question=r["question"])) for r in rows]
+    sp = [SearchProblem(r["problem_id"], r["question"], template.render(question=r["question"]), r["gold_answer"]) for r in rows]
     chains = pruned_search(sp, generate, scorer, cfg.search, seed=cfg.seed, unknown_score=cfg.scorer.unknown_score)
     by_id = {r["problem_id"]: r for r in rows}
     out = [
         chain_row(c, by_id[c.problem_id], run_id=run_id, stage=STAGE, model=model, cfg=cfg, template=template,
-                  config_hash=config_hash, scorer=scorer.name)
+                  prompt=template.render(question=by_id[c.problem_id]["question"]), config_hash=config_hash, scorer=scorer.name)
         for c in chains
     ]
     return from_rows(out, "chains")
@@ -130,7 +131,8 @@ def generate_shard(run_dir: str, shard: str) -> str:
     problems = ctx.store.read_part("problems", "seeds", shard)
     pool = get_pool(ctx.cfg.policy, ctx.cfg.pool)
     chains = self_generate(
-        problems, pool.generate, build_scorer(ctx.cfg.scorer), ctx.cfg, run_id=ctx.run_id, model=pool.model_name,
+        problems, pool.generate, build_scorer(ctx.cfg.scorer, pool.generate, ctx.cfg.search, ctx.cfg.seed), ctx.cfg,
+        run_id=ctx.run_id, model=pool.model_name,
         template=load_template(ctx.cfg.generation.prompt_template), config_hash=ctx.cfg.stage_hash(*STAGE_SECTIONS),
     )
     return str(persist(ctx, "chains", STAGE, shard, chains))

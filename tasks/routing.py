@@ -41,7 +41,8 @@ def route_problems(chains: pa.Table, problem_ids: list[str], *, run_id: str, mix
     return from_rows(rows, "routes")
 
 
-def pair_row(run_id: str, stage: str, route: str, chosen: dict, rejected: dict) -> dict:
+def pair_row(run_id: str, stage: str, route: str, chosen: dict, rejected: dict, prompt: str | None = None) -> dict:
+    """A DPO pair with lineage; scores are mean step scores of each chain."""
     cs, rs = _mean(chosen["step_scores"]), _mean(rejected["step_scores"])
     return {
         "run_id": run_id,
@@ -49,7 +50,7 @@ def pair_row(run_id: str, stage: str, route: str, chosen: dict, rejected: dict) 
         "problem_id": chosen["problem_id"],
         "stage": stage,
         "route": route,
-        "prompt": chosen["prompt"],
+        "prompt": chosen["prompt"] if prompt is None else prompt,
         "chosen": chosen["text"],
         "rejected": rejected["text"],
         "chosen_chain_id": chosen["chain_id"],
@@ -77,26 +78,49 @@ def generation_pairs(chains: pa.Table, routes: pa.Table, *, run_id: str) -> pa.T
 
 from prefect import task  # noqa: E402
 
-from infra.storage import RunStore  # noqa: E402
-from tasks.common import RunContext, persist  # noqa: E402
+from tasks.common import WORKLIST_STAGE, RunContext, persist_pairs  # noqa: E402
 
-STAGE = "pairs"
+STAGE = WORKLIST_STAGE
+
+
+def worklists(problems: pa.Table, chains: pa.Table, routes: pa.Table) -> dict[str, list[dict]]:
+    """Inputs of the self-correction and diversity stages: each problem with its MAX chain."""
+    q = {r["problem_id"]: r for r in problems.select(["problem_id", "question", "gold_answer"]).to_pylist()}
+    mx = {r["problem_id"]: r for r in chains.to_pylist() if r["branch"] == "max"}
+    out: dict[str, list[dict]] = {"self_correction": [], "diversity": []}
+    for r in routes.to_pylist():
+        target = {"self_correction": "self_correction", "diversity_induction": "diversity"}.get(r["route"])
+        if target:
+            c = mx[r["problem_id"]]
+            out[target].append({**q[r["problem_id"]], "chain_id": c["chain_id"], "steps": c["steps"], "text": c["text"],
+                                "step_scores": c["step_scores"]})
+    return out
 
 
 @task(name="route-and-pair", persist_result=False)
 def route_and_pair_task(run_dir: str) -> dict:
-    """Route every problem by its generation chains and write generation pairs.
+    """Route every problem by its generation chains; write generation pairs and the
+    worklists of the self-correction and diversity stages. Returns the route counts.
 
-    Reads all finished ``chains/generation`` shards; writes ``routes`` and validated
-    ``pairs`` (stage ``generation``). Returns the route counts.
+    The ``routes`` shard is written last and commits the stage.
     """
     ctx = RunContext.open(run_dir)
-    store: RunStore = ctx.store
+    store = ctx.store
     if not store.is_done("routes", STAGE, "00000"):
         chains = store.read_table("chains", "generation")
-        pids = store.read_table("problems", "seeds").column("problem_id").to_pylist()
-        routes = route_problems(chains, pids, run_id=ctx.run_id, mixed_outcome=ctx.cfg.generation.mixed_outcome)
-        persist(ctx, "pairs", "generation", "00000", generation_pairs(chains, routes, run_id=ctx.run_id))
+        problems = store.read_table("problems", "seeds")
+        routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=ctx.run_id,
+                                mixed_outcome=ctx.cfg.generation.mixed_outcome)
+        persist_pairs(ctx, STAGE, "00000", generation_pairs(chains, routes, run_id=ctx.run_id))
+        manifest = {}
+        for target, rows in worklists(problems, chains, routes).items():
+            size = getattr(ctx.cfg, target).shard_size
+            manifest[target] = []
+            for k in range(0, len(rows), size):
+                shard = f"{k // size:05d}"
+                store.write("worklist", STAGE, f"{target}-{shard}", pa.Table.from_pylist(rows[k : k + size]))
+                manifest[target].append(shard)
+        store.write_json(f"_done/{STAGE}.manifest.json", manifest)
         store.write("routes", STAGE, "00000", routes)
     routes = store.read_part("routes", STAGE, "00000").column("route").to_pylist()
     return {r: routes.count(r) for r in ROUTES if routes.count(r)}

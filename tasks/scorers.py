@@ -1,9 +1,14 @@
 """Step scorers: rate candidate next steps of a chain.
 
-``StepScorer.score(question, prefix_steps, candidates) -> list[float | None]`` returns a
-value in [0, 1] per candidate, or None when the scorer cannot judge the step ("unknown",
-which the search treats as implausible for the MIN chain and as ``unknown_score`` for
-ranking).
+``StepScorer.score_batch(items) -> list[list[float | None]]`` rates every candidate of
+every item (one item = one chain's prefix and its E candidates at one depth) with a value
+in [0, 1], or None when the scorer cannot judge the step ("unknown": implausible for the
+MIN chain, ``unknown_score`` for ranking). Scoring is batched so that scorers that call a
+model (rollout) send one batch per depth, not one request per candidate.
+
+Kinds (explicit mapping ``SCORERS``): ``arithmetic`` (below), ``rollout`` (Math-Shepherd
+value: the share of k completions from the step that reach gold), ``logprob`` (the
+policy's geometric-mean token probability of the step).
 
 ``ArithmeticScorer`` recomputes every ``a op b (op c ...) = r`` in a step exactly, with
 rationals and the usual precedence: 0.0 when any fails. When all hold, it also checks
@@ -17,11 +22,15 @@ arithmetic fails.
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
-from tasks.answers import as_number, extract_answer
+from infra.backends.base import GenRequest, GenResult
+from infra.schemas import stable_id
+from tasks.answers import as_number, extract_answer, is_equivalent
 
 NUM = r"\d+(?:\.\d+)?"
 OP = r"[-+*/×÷x]"
@@ -31,10 +40,20 @@ NUMBER_RE = re.compile(NUM)
 SMALL_CONSTANT = 12
 
 
+@dataclass(frozen=True)
+class ScoreItem:
+    question: str
+    gold: str
+    prompt: str
+    prefix_steps: tuple[str, ...]
+    candidates: tuple[str, ...]
+    mean_logprobs: tuple[float | None, ...] = ()  # per candidate, where the backend returns log-probs
+
+
 class StepScorer(Protocol):
     name: str
 
-    def score(self, question: str, prefix_steps: list[str], candidates: list[str]) -> list[float | None]: ...
+    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]: ...
 
 
 def _strip_thousands(text: str) -> str:
@@ -130,10 +149,68 @@ class ArithmeticScorer:
                 out.append(None if v is None else float(v))
         return out
 
+    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
+        return [self.score(it.question, list(it.prefix_steps), list(it.candidates)) for it in items]
 
-SCORERS = {"arithmetic": lambda cfg: ArithmeticScorer(cfg.ungrounded_score)}
+
+class LogprobScorer:
+    """exp(mean token log-prob) of the step under the policy; None where log-probs are missing."""
+
+    name = "logprob"
+
+    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
+        return [
+            [None if (not c or lp is None) else math.exp(lp) for c, lp in zip(it.candidates, it.mean_logprobs or (None,) * len(it.candidates))]
+            for it in items
+        ]
 
 
-def build_scorer(cfg) -> StepScorer:
-    """The step scorer named by ``cfg.kind`` (explicit mapping)."""
-    return SCORERS[cfg.kind](cfg)
+class RolloutScorer:
+    """Math-Shepherd-style value: from prefix + step, complete ``k`` times with the policy and
+    score the share of completions whose final answer equals gold. A step that itself states
+    a final answer scores 1.0 or 0.0 by checking it. Works with any generator."""
+
+    name = "rollout"
+
+    def __init__(self, generate: Callable[[list[GenRequest]], list[GenResult]], *, k: int, temperature: float,
+                 max_tokens: int, separator: str, seed: int):
+        self.generate, self.k, self.temperature = generate, k, temperature
+        self.max_tokens, self.sep, self.seed = max_tokens, separator, seed
+
+    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
+        out: list[list[float | None]] = [[None] * len(it.candidates) for it in items]
+        requests, where = [], []
+        for i, it in enumerate(items):
+            for j, c in enumerate(it.candidates):
+                if not c:
+                    continue
+                answer = extract_answer(c)
+                if answer is not None:
+                    out[i][j] = 1.0 if is_equivalent(answer, it.gold) else 0.0
+                    continue
+                steps = (*it.prefix_steps, c)
+                requests.append(GenRequest(
+                    prompt=it.prompt, prefix=self.sep.join(steps) + self.sep, n=self.k, temperature=self.temperature,
+                    max_tokens=self.max_tokens, seed=int(stable_id("rollout", self.seed, it.prompt, *steps)[:8], 16),
+                ))
+                where.append((i, j))
+        for (i, j), res in zip(where, self.generate(requests) if requests else []):
+            hits = sum(is_equivalent(extract_answer(r.text), items[i].gold) for r in res.completions)
+            out[i][j] = hits / len(res.completions)
+        return out
+
+
+SCORERS = {
+    "arithmetic": lambda cfg, generate, search, seed: ArithmeticScorer(cfg.ungrounded_score),
+    "logprob": lambda cfg, generate, search, seed: LogprobScorer(),
+    "rollout": lambda cfg, generate, search, seed: RolloutScorer(
+        generate, k=cfg.rollouts, temperature=cfg.rollout_temperature, max_tokens=cfg.rollout_max_tokens,
+        separator=search.step_separator, seed=seed,
+    ),
+}
+
+
+def build_scorer(cfg, generate=None, search=None, seed: int = 0) -> StepScorer:
+    """The step scorer named by ``cfg.kind`` (explicit mapping). ``generate`` is the policy,
+    needed by scorers that sample (rollout)."""
+    return SCORERS[cfg.kind](cfg, generate, search, seed)

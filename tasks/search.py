@@ -22,7 +22,7 @@ from infra.backends.base import GenRequest, GenResult
 from infra.config import SearchConfig
 from infra.schemas import stable_id
 from tasks.answers import extract_answer
-from tasks.scorers import StepScorer
+from tasks.scorers import ScoreItem, StepScorer
 
 Generate = Callable[[list[GenRequest]], list[GenResult]]
 
@@ -32,7 +32,9 @@ class SearchProblem:
     problem_id: str
     question: str
     prompt: str
+    gold: str = ""
     start_steps: tuple[str, ...] = ()
+    start_scores: tuple[float, ...] = ()  # scores of start_steps (kept from an earlier chain)
 
 
 @dataclass
@@ -86,7 +88,10 @@ def pruned_search(
     branches: tuple[str, ...] = ("max", "min"),
 ) -> list[Chain]:
     """Grow one chain per (problem, branch); returns them in input order, branch-major."""
-    chains = [Chain(p.problem_id, b, list(p.start_steps)) for p in problems for b in branches]
+    for p in problems:
+        if len(p.start_scores) != len(p.start_steps):
+            raise ValueError(f"{p.problem_id}: {len(p.start_steps)} start steps but {len(p.start_scores)} start scores")
+    chains = [Chain(p.problem_id, b, list(p.start_steps), list(p.start_scores), list(p.start_scores)) for p in problems for b in branches]
     by_id = {p.problem_id: p for p in problems}
     sep = cfg.step_separator
     for depth in range(cfg.max_depth):
@@ -115,10 +120,16 @@ def pruned_search(
         results = generate(requests)
         if len(results) != len(requests):
             raise RuntimeError(f"backend returned {len(results)} results for {len(requests)} requests")
-        scored: dict[int, tuple[list[str], list[float | None]]] = {}
+        items, order = [], []
         for key, k in keys.items():
-            texts = [c.text.strip() for c in results[k].completions]
-            scored[k] = (texts, scorer.score(by_id[key[0]].question, list(key[1]), texts))
+            p = by_id[key[0]]
+            comps = results[k].completions
+            items.append(ScoreItem(
+                p.question, p.gold, p.prompt, key[1], tuple(c.text.strip() for c in comps),
+                tuple(None if c.logprob is None else c.logprob / max(c.completion_tokens, 1) for c in comps),
+            ))
+            order.append(k)
+        scored = {k: (list(it.candidates), s) for k, it, s in zip(order, items, scorer.score_batch(items))}
         picks: dict[int, str] = {}
         for c in sorted(alive, key=lambda c: c.branch != "max"):
             k = keys[(c.problem_id, tuple(c.steps))]

@@ -11,7 +11,7 @@ from infra.schemas import from_rows
 from infra.storage import RunStore
 
 runner = CliRunner()
-COMMANDS = ["run", "query", "check-config"]
+COMMANDS = ["run", "rerun", "export", "query", "check-config"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

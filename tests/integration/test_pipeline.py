@@ -14,7 +14,7 @@ def finished_run(prefect_api, ray_local, tmp_path_factory):
     from flows.pipeline import sphere_run
 
     root = tmp_path_factory.mktemp("data")
-    overrides = {"seeds.n": 12, "generation.shard_size": 5, "pool.actors": 2}
+    overrides = {"seeds.n": 30, "generation.shard_size": 10, "self_correction.shard_size": 4, "diversity.shard_size": 8, "pool.actors": 2}
     summary = sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="it-run", data_root=str(root), overrides=overrides)
     return root, summary, overrides
 
@@ -22,20 +22,43 @@ def finished_run(prefect_api, ray_local, tmp_path_factory):
 def test_every_problem_gets_two_chains_a_route_and_validated_rows(finished_run):
     root, summary, _ = finished_run
     c = summary["counts"]
-    assert c["problems"] == 12 and c["chains"] == 24 and c["routes"] == 12
-    assert sum(summary["routes"].values()) == 12
+    assert c["problems"] == 30 and c["routes"] == 30
+    assert sum(summary["routes"].values()) == 30
     store = RunStore(root, "it-run")
-    chains = store.read_table("chains").to_pylist()
+    chains = store.read_table("chains", "generation").to_pylist()
+    assert len(chains) == 60
     assert {ch["verdict"] for ch in chains} <= {"correct", "wrong", "no_answer"}
     for ch in chains:
         assert ch["n_steps"] == len(ch["steps"]) == len(ch["step_scores"]) and ch["model"].startswith("tiny:")
         assert (ch["error"] is not None) == (ch["verdict"] == "no_answer")
         assert ch["text"] == "\n\n".join(ch["steps"])
-    pairs = store.read_table("pairs").to_pylist()
+    pairs = store.read_table("pairs", "routing").to_pylist()
     assert len(pairs) == summary["routes"].get("generation_pair", 0)
     by_id = {ch["chain_id"]: ch for ch in chains}
     for p in pairs:
         assert by_id[p["chosen_chain_id"]]["correct"] and not by_id[p["rejected_chain_id"]]["correct"]
+
+
+def test_self_correction_and_diversity_stages_follow_their_routes(finished_run):
+    root, summary, _ = finished_run
+    store = RunStore(root, "it-run")
+    routes = {r["problem_id"]: r["route"] for r in store.read_table("routes").to_pylist()}
+    gen = {(c["problem_id"], c["branch"]): c for c in store.read_table("chains", "generation").to_pylist()}
+    sc = store.read_table("chains", "self_correction").to_pylist()
+    di = store.read_table("chains", "diversity").to_pylist()
+    assert len(sc) == 2 * summary["routes"].get("self_correction", 0) > 0
+    assert len(di) == 2 * summary["routes"].get("diversity_induction", 0) > 0
+    for c in sc:
+        assert routes[c["problem_id"]] == "self_correction" and c["parent_chain_id"] == gen[(c["problem_id"], "max")]["chain_id"]
+        assert "Review:" in c["prompt"] and len(c["step_scores"]) == c["n_steps"]
+    assert all(routes[c["problem_id"]] == "diversity_induction" and c["model"] == "tiny:tiny-small" for c in di)
+    # Every pair, from every stage, passed its suite; their counts are stored with the run.
+    val = [v for v in store.read_table("validation").to_pylist() if v["table"] in ("pairs", "sft")]
+    assert val and all(v["success"] for v in val)
+    assert sum(summary["pairs_by_stage"].values()) == summary["counts"]["pairs"]
+    sft = store.read_table("sft").to_pylist()
+    correct_ids = {c["chain_id"] for c in store.read_table("chains").to_pylist() if c["correct"]}
+    assert sft and all(r["chain_id"] in correct_ids for r in sft)
     # Validation results stored with the run, one row per expectation per shard.
     val = store.read_table("validation").to_pylist()
     assert {(v["table"], v["stage"]) for v in val} >= {("problems", "seeds"), ("chains", "generation")}
@@ -43,8 +66,9 @@ def test_every_problem_gets_two_chains_a_route_and_validated_rows(finished_run):
 
 def test_catalog_answers_across_the_run(finished_run):
     root, summary, _ = finished_run
-    got = catalog.query(root, "select stage, count(*) as n from chains group by 1").to_pylist()
-    assert got == [{"stage": "generation", "n": 24}]
+    got = catalog.query(root, "select stage, count(*) as n from chains group by 1 order by 1").to_pylist()
+    assert [g["stage"] for g in got] == ["diversity", "generation", "self_correction"]
+    assert got[1]["n"] == 60 and sum(g["n"] for g in got) == summary["counts"]["chains"]
 
 
 def test_rerun_of_a_finished_run_recomputes_nothing(finished_run):
@@ -76,9 +100,29 @@ def test_llamacpp_backend_end_to_end_with_packaged_smollm2(prefect_api, ray_loca
     from flows.pipeline import sphere_run
 
     summary = sphere_run(config_path=str(ROOT / "configs" / "smollm2.yaml"), run_id="smol", data_root=str(tmp_path),
-                         overrides={"seeds.n": 2, "search.max_depth": 2, "search.max_step_tokens": 32})
-    assert summary["counts"]["chains"] == 4
-    chains = RunStore(tmp_path, "smol").read_table("chains").to_pylist()
+                         overrides={"seeds.n": 2, "search.max_depth": 2, "search.max_step_tokens": 32,
+                                    "self_correction.enabled": False, "diversity.enabled": False})
+    chains = RunStore(tmp_path, "smol").read_table("chains", "generation").to_pylist()
+    assert len(chains) == 4
     assert all(c["model"] == "llamacpp:SmolLM2-135M-Instruct.Q4_1.gguf" for c in chains)
     assert all(c["n_steps"] >= 1 and c["sampled_tokens"] > 0 for c in chains)
     assert {c["verdict"] for c in chains} <= {"correct", "wrong", "no_answer"}
+
+
+def test_export_loads_with_the_datasets_library(finished_run, tmp_path):
+    import datasets
+
+    from tasks.export import export_run
+
+    root, summary, _ = finished_run
+    run_dir = root / "runs" / "it-run"
+    export_run(run_dir, "dpo", tmp_path / "plain")
+    export_run(run_dir, "sft", tmp_path / "plain")
+    export_run(run_dir, "dpo", tmp_path / "chat", chat=True)
+    for kind, files in (("json", "dpo.jsonl"), ("parquet", "dpo.parquet")):
+        d = datasets.load_dataset(kind, data_files=str(tmp_path / "plain" / files), split="train")
+        assert d.num_rows == summary["counts"]["pairs"] and {"prompt", "chosen", "rejected"} <= set(d.column_names)
+    s = datasets.load_dataset("json", data_files=str(tmp_path / "plain" / "sft.jsonl"), split="train")
+    assert s.num_rows == summary["counts"]["sft"] and {"prompt", "completion"} <= set(s.column_names)
+    c = datasets.load_dataset("parquet", data_files=str(tmp_path / "chat" / "dpo.parquet"), split="train")
+    assert c[0]["prompt"][0]["role"] == "user" and c[0]["chosen"][0]["role"] == "assistant"
