@@ -15,7 +15,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from infra.config import ConfigError, RunConfig, load_config  # noqa: E402
+from infra.config import ConfigError, load_config  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
 console = Console(stderr=True)

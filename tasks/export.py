@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from infra.storage import RunStore, write_parquet_atomic
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from infra.tiny.model import BOS, EOS, PAD, TinyConfig, TinyLM, Tokenizer, sample, save_checkpoint
-from tasks.worldgen import STEP_SEP, Difficulty, WorldProblem, make_problem
+from tasks.worldgen import Difficulty, WorldProblem, make_problem
 
 PROMPT = "Question: {question}\nAnswer:\n"
 REVIEW_PROMPT = "Question: {question}\nReview: {wrong_step} is wrong.\nAnswer:\n"

@@ -52,6 +52,7 @@ def test_self_correction_and_diversity_stages_follow_their_routes(finished_run):
         assert routes[c["problem_id"]] == "self_correction" and c["parent_chain_id"] == gen[(c["problem_id"], "max")]["chain_id"]
         assert "Review:" in c["prompt"] and len(c["step_scores"]) == c["n_steps"]
     assert all(routes[c["problem_id"]] == "diversity_induction" and c["model"] == "tiny:tiny-small" for c in di)
+    assert {c["candidates"] for c in di} == {10}  # 2E by default
     # Every pair, from every stage, passed its suite; their counts are stored with the run.
     val = [v for v in store.read_table("validation").to_pylist() if v["table"] in ("pairs", "sft")]
     assert val and all(v["success"] for v in val)
@@ -103,7 +104,7 @@ def test_llamacpp_backend_end_to_end_with_packaged_smollm2(prefect_api, ray_loca
                          overrides={"seeds.n": 2, "search.max_depth": 2, "search.max_step_tokens": 32,
                                     "self_correction.enabled": False, "diversity.enabled": False})
     chains = RunStore(tmp_path, "smol").read_table("chains", "generation").to_pylist()
-    assert len(chains) == 4
+    assert len(chains) == 4 and summary["counts"]["problems"] == 2
     assert all(c["model"] == "llamacpp:SmolLM2-135M-Instruct.Q4_1.gguf" for c in chains)
     assert all(c["n_steps"] >= 1 and c["sampled_tokens"] > 0 for c in chains)
     assert {c["verdict"] for c in chains} <= {"correct", "wrong", "no_answer"}

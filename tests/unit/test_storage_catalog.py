@@ -1,5 +1,3 @@
-import duckdb
-import pyarrow as pa
 import pytest
 
 from infra import catalog
