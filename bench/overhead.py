@@ -68,7 +68,9 @@ def main() -> None:
     from infra.storage import RunStore
 
     overrides = {"seeds.n": args.n, "generation.shard_size": args.shard_size, "generation.concurrency": 1,
-                 "pool.actors": 1, "policy.threads": 1}
+                 "pool.actors": 1, "policy.threads": 1,
+                 # the baseline is self-generation only; routing and SFT stay on (they are factory work)
+                 "self_correction.enabled": False, "diversity.enabled": False}
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", overrides)
 
     @flow

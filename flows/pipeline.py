@@ -23,9 +23,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from infra import catalog, progress  # noqa: E402
+from infra import catalog, progress, validation  # noqa: E402
 from infra.config import RunConfig, load_config  # noqa: E402
-from infra.pool import close_pools, ensure_ray  # noqa: E402
+from infra.pool import close_pools, ensure_ray, prewarm  # noqa: E402
 from infra.storage import RunStore  # noqa: E402
 from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
 from tasks.diversity import diversify_shard  # noqa: E402
@@ -86,6 +86,7 @@ def seeds_stage(run_dir: str) -> list[str]:
 def _fan_out(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
     """Submit one task per shard, wait for all, fail the stage if any failed (others kept)."""
     store = _store(run_dir)
+    ensure_ray(RunConfig.model_validate(store.load_config()).pool)  # on this (the flow's) thread, not a task's
     futures = [task.with_options(refresh_cache=not store.is_done("chains", stage, s)).submit(run_dir, s) for s in shards]
     done, failed = [], []
     progress.report(stage, 0, len(shards))
@@ -191,10 +192,16 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
 
 
 def _run_stages(run_dir: str) -> dict:
+    cfg = RunConfig.model_validate(_store(run_dir).load_config())
+    # Ray must start on the main thread: its daemons die with the thread that spawned them
+    # (PR_SET_PDEATHSIG is per thread). GX imports meanwhile; actors are spawned by the
+    # raylet, so the policy loads in the background while seeds are read and validated.
+    validation.preload()
+    ensure_ray(cfg.pool)
+    if not _store(run_dir).is_done("routes", "routing", "00000"):
+        prewarm(cfg.policy, cfg.pool)
     shards = seeds_stage(run_dir)
     progress.report("seeds", 1, 1)
-    cfg = RunConfig.model_validate(_store(run_dir).load_config())
-    ensure_ray(cfg.pool)  # from the main thread, before shard tasks build the pool in theirs
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
     generation_stage.with_options(task_runner=runner)(run_dir, shards)
     routing_stage(run_dir)

@@ -115,11 +115,15 @@ class SearchConfig(_Model):
 
 
 class ScorerConfig(_Model):
-    kind: Literal["arithmetic", "rollout", "logprob"] = Field(
+    kind: Literal["arithmetic", "rollout", "logprob", "prm"] = Field(
         "arithmetic",
         description="Step scorer. arithmetic: recompute every 'a op b = c' exactly; rollout: share of k policy completions "
-        "from the step that reach gold; logprob: the policy's geometric-mean token probability of the step.",
+        "from the step that reach gold; logprob: the policy's geometric-mean token probability of the step; prm: a process "
+        "reward model behind an OpenAI-compatible /pooling endpoint (e.g. vLLM serving Qwen2.5-Math-PRM-7B).",
     )
+    prm_url: str = Field("http://127.0.0.1:8001", description="prm: base URL of the vLLM server (the scorer POSTs to {prm_url}/pooling).")
+    prm_model: str = Field("Qwen/Qwen2.5-Math-PRM-7B", description="prm: model name the endpoint serves.")
+    prm_timeout_s: float = Field(120.0, gt=0, description="prm: per-request timeout.")
     rollouts: int = Field(4, ge=1, le=64, description="rollout: completions per candidate step (k).")
     rollout_temperature: float = Field(0.8, ge=0, description="rollout: sampling temperature of the completions.")
     rollout_max_tokens: int = Field(160, ge=8, description="rollout: token budget of one completion to the end.")

@@ -24,10 +24,17 @@ from infra.config import PoolConfig
 log = logging.getLogger(__name__)
 
 
+_RAY_LOCK = threading.Lock()
+
+
 def ensure_ray(cfg: PoolConfig) -> None:
-    """Start (or join) Ray once per process."""
-    if ray.is_initialized():
-        return
+    """Start (or join) Ray once per process (thread-safe)."""
+    with _RAY_LOCK:
+        if not ray.is_initialized():
+            _init_ray(cfg)
+
+
+def _init_ray(cfg: PoolConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=False)
     else:
@@ -164,6 +171,26 @@ def get_pool(backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
         if key not in _POOLS:
             _POOLS[key] = EnginePool(backend_cfg, pool_cfg)
         return _POOLS[key]
+
+
+def prewarm(backend_cfg, pool_cfg: PoolConfig) -> threading.Thread:
+    """Create the pool's actors from a background thread (they build their engines while
+    the driver does other work). Call ``ensure_ray`` on the main thread first: Ray's daemons
+    are killed when the thread that started them exits. Errors are not lost: the stage's own
+    ``get_pool`` raises them again."""
+
+    if not ray.is_initialized():
+        raise RuntimeError("call ensure_ray() on the main thread before prewarm()")
+
+    def warm() -> None:
+        try:
+            get_pool(backend_cfg, pool_cfg)
+        except Exception as e:  # surfaced again by the stage's own get_pool
+            log.warning("engine pool prewarm failed: %s", e)
+
+    t = threading.Thread(target=warm, name="sphere-pool-prewarm", daemon=True)
+    t.start()
+    return t
 
 
 def close_pools() -> None:

@@ -58,6 +58,14 @@ def _context():
         return _CTX
 
 
+def preload() -> threading.Thread:
+    """Import GX and build its context in the background (3-7 s of imports), so the
+    first suite of a run does not wait for it."""
+    t = threading.Thread(target=_context, name="sphere-gx-preload", daemon=True)
+    t.start()
+    return t
+
+
 def _chain_derived(df: pd.DataFrame) -> pd.DataFrame:
     def consistent(r) -> bool:
         if r["verdict"] == "correct":

@@ -203,11 +203,18 @@ class RolloutScorer:
 SCORERS = {
     "arithmetic": lambda cfg, generate, search, seed: ArithmeticScorer(cfg.ungrounded_score),
     "logprob": lambda cfg, generate, search, seed: LogprobScorer(),
+    "prm": lambda cfg, generate, search, seed: _prm(cfg),
     "rollout": lambda cfg, generate, search, seed: RolloutScorer(
         generate, k=cfg.rollouts, temperature=cfg.rollout_temperature, max_tokens=cfg.rollout_max_tokens,
         separator=search.step_separator, seed=seed,
     ),
 }
+
+
+def _prm(cfg) -> StepScorer:
+    from tasks.prm import PRMScorer
+
+    return PRMScorer(cfg.prm_url, cfg.prm_model, timeout_s=cfg.prm_timeout_s)
 
 
 def build_scorer(cfg, generate=None, search=None, seed: int = 0) -> StepScorer:

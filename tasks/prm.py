@@ -1,0 +1,63 @@
+"""``prm`` step scorer: a process reward model behind an OpenAI-compatible pooling endpoint.
+
+Serve e.g. Qwen2.5-Math-PRM-7B with vLLM (``vllm serve Qwen/Qwen2.5-Math-PRM-7B --task
+reward``; STEP pooling on ``<extra_0>``, softmax over [negative, positive]). For each
+candidate the scorer renders question + steps so far + candidate, each step followed by the
+step tag, POSTs the batch to ``{base_url}/pooling`` and takes the positive-class
+probability at the last tag as the candidate's value. One HTTP request per depth and
+chunk; HTTP and timeout failures raise ``BackendError`` (retried as infrastructure).
+"""
+
+from __future__ import annotations
+
+import os
+
+from infra.backends.base import BackendError, BackendTimeout
+from tasks.scorers import ScoreItem
+
+QWEN_PRM_TEMPLATE = (
+    "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
+    "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n{steps}<|im_end|><|endoftext|>"
+)
+
+
+class PRMScorer:
+    name = "prm"
+
+    def __init__(self, base_url: str, model: str, *, template: str = QWEN_PRM_TEMPLATE, step_tag: str = "<extra_0>",
+                 timeout_s: float = 120.0, batch_size: int = 64, api_key_env: str = "SPHERE_PRM_API_KEY"):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {os.environ[api_key_env]}"} if os.environ.get(api_key_env) else {}
+        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
+        self.model, self.template, self.tag, self.batch_size = model, template, step_tag, batch_size
+
+    def render(self, item: ScoreItem, candidate: str) -> str:
+        steps = "".join(f"{s}{self.tag}" for s in (*item.prefix_steps, candidate))
+        return self.template.format(question=item.question, steps=steps)
+
+    def _pool(self, texts: list[str]) -> list[list[list[float]]]:
+        import httpx
+
+        try:
+            r = self.client.post("/pooling", json={"model": self.model, "input": texts})
+        except httpx.TimeoutException as e:
+            raise BackendTimeout(f"PRM endpoint timed out: {e}") from None
+        except httpx.HTTPError as e:
+            raise BackendError(f"PRM endpoint unreachable: {e}") from None
+        if r.status_code != 200:
+            raise BackendError(f"PRM endpoint answered {r.status_code}: {r.text[:300]}")
+        data = sorted(r.json()["data"], key=lambda d: d["index"])
+        if len(data) != len(texts):
+            raise BackendError(f"PRM endpoint returned {len(data)} results for {len(texts)} inputs")
+        return [d["data"] for d in data]
+
+    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
+        out: list[list[float | None]] = [[None] * len(it.candidates) for it in items]
+        where = [(i, j) for i, it in enumerate(items) for j, c in enumerate(it.candidates) if c]
+        for k in range(0, len(where), self.batch_size):
+            chunk = where[k : k + self.batch_size]
+            pooled = self._pool([self.render(items[i], items[i].candidates[j]) for i, j in chunk])
+            for (i, j), per_tag in zip(chunk, pooled):
+                out[i][j] = float(per_tag[-1][1]) if per_tag else None  # P(positive) at the candidate's tag
+        return out
