@@ -75,7 +75,7 @@ def run(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config."),
     sets: list[str] = typer.Option([], "--set", help="Override any config field: --set search.candidates=8 (repeatable)."),
 ) -> None:
-    """Run the whole pipeline: seeds -> self-generation -> routing and pairs."""
+    """Run the whole pipeline: seeds, self-generation, routing, self-correction, diversity induction, SFT."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     overrides = _parse_sets(sets)
