@@ -180,7 +180,6 @@ class RunConfig(_Model):
     diversity: DiversityStage = Field(default_factory=DiversityStage, description="Diversity-induction stage settings.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="How the SFT set is deduplicated.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
-    answer_timeout_s: float = Field(5.0, gt=0, description="Bound on one math-verify answer check.")
 
     def stage_hash(self, *parts: str) -> str:
         """Hash of the config sections a stage depends on (part of its cache key)."""

@@ -92,7 +92,7 @@ from infra.prompts import load_template  # noqa: E402
 from tasks.common import RunContext, persist, shard_cache_key  # noqa: E402
 from tasks.scorers import build_scorer  # noqa: E402
 
-STAGE_SECTIONS = ("seed", "policy", "search", "scorer", "generation", "answer_timeout_s")
+STAGE_SECTIONS = ("seed", "policy", "search", "scorer", "generation")
 
 
 def is_transient(task, task_run, state) -> bool:
