@@ -35,6 +35,29 @@ def _parse_sets(sets: list[str]) -> dict:
     return out
 
 
+QDC_COLUMNS = {"accuracy": "acc", "arith_valid_step_share": "arith ok", "vendi_ngram_q1": "vendi q1", "distinct_2": "dist-2",
+               "near_duplicate_rate": "near dup", "steps_per_chain": "steps", "solve_rate": "solve"}
+
+
+def _print_qdc(run_dir: str) -> None:
+    from infra.storage import RunStore
+
+    rows = RunStore(Path(run_dir).parent.parent, Path(run_dir).name).read_table("metrics").to_pylist()
+    by = {}
+    for r in rows:
+        if r["table"] == "chains":
+            by.setdefault(r["stage"], {})[r["metric"]] = r["value"]
+    if not by:
+        return
+    t = Table(title="QDC of chains per stage")
+    t.add_column("stage")
+    for label in QDC_COLUMNS.values():
+        t.add_column(label, justify="right")
+    for stage, vals in sorted(by.items()):
+        t.add_row(stage, *[f"{vals.get(c, float('nan')):.3f}" for c in QDC_COLUMNS])
+    Console().print(t)
+
+
 def _print_table(t, fmt: str, out: Optional[Path]) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -123,6 +146,7 @@ def run(
     Console().print(t)
     Console().print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
     Console().print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"))
+    _print_qdc(summary["run_dir"])
     Console().print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
 
 

@@ -29,20 +29,22 @@ from infra.pool import close_pools, ensure_ray, prewarm  # noqa: E402
 from infra.storage import RunStore  # noqa: E402
 from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
 from tasks.diversity import diversify_shard  # noqa: E402
+from tasks.metrics import metrics_task  # noqa: E402
 from tasks.routing import route_and_pair_task  # noqa: E402
 from tasks.seeds import seeds_task  # noqa: E402
 from tasks.self_correction import self_correct_shard  # noqa: E402
 from tasks.sft import sft_task  # noqa: E402
 
-TABLES = ("problems", "chains", "pairs", "sft", "routes", "quarantine", "validation")
-STAGES = ("seeds", "generation", "routing", "self_correction", "diversity", "sft")
+TABLES = ("problems", "chains", "pairs", "sft", "metrics", "routes", "quarantine", "validation")
+STAGES = ("seeds", "generation", "routing", "self_correction", "diversity", "sft", "metrics")
 DOWNSTREAM = {
     "seeds": STAGES[1:],
-    "generation": ("routing", "self_correction", "diversity", "sft"),
-    "routing": ("self_correction", "diversity", "sft"),
-    "self_correction": ("sft",),
-    "diversity": ("sft",),
-    "sft": (),
+    "generation": ("routing", "self_correction", "diversity", "sft", "metrics"),
+    "routing": ("self_correction", "diversity", "sft", "metrics"),
+    "self_correction": ("sft", "metrics"),
+    "diversity": ("sft", "metrics"),
+    "sft": ("metrics",),
+    "metrics": (),
 }
 
 
@@ -131,6 +133,11 @@ def sft_stage(run_dir: str) -> int:
     return sft_task(run_dir)
 
 
+@flow(name="metrics", flow_run_name="metrics")
+def metrics_stage(run_dir: str) -> int:
+    return metrics_task(run_dir)
+
+
 def _store(run_dir: str) -> RunStore:
     return RunStore(Path(run_dir).parent.parent, Path(run_dir).name)
 
@@ -210,6 +217,7 @@ def _run_stages(run_dir: str) -> dict:
     if cfg.diversity.enabled:
         diversity_stage.with_options(task_runner=runner)(run_dir)
     sft_stage(run_dir)
+    metrics_stage(run_dir)
     catalog.refresh(Path(run_dir).parent.parent)
     summary = summarize(run_dir)
     _publish(summary)

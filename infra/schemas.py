@@ -84,6 +84,17 @@ SFT = pa.schema(
     ]
 )
 
+METRICS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("stage", pa.string()),
+        ("table", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
+
 ROUTES = pa.schema(
     [
         ("run_id", pa.string()),
@@ -125,6 +136,7 @@ SCHEMAS = {
     "chains": CHAINS,
     "pairs": PAIRS,
     "sft": SFT,
+    "metrics": METRICS,
     "routes": ROUTES,
     "quarantine": QUARANTINE,
     "validation": VALIDATION,

@@ -127,3 +127,23 @@ def test_export_loads_with_the_datasets_library(finished_run, tmp_path):
     assert s.num_rows == summary["counts"]["sft"] and {"prompt", "completion"} <= set(s.column_names)
     c = datasets.load_dataset("parquet", data_files=str(tmp_path / "chat" / "dpo.parquet"), split="train")
     assert c[0]["prompt"][0]["role"] == "user" and c[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_qdc_metrics_are_stored_per_stage_and_table_and_agree_with_the_chains(finished_run):
+    root, summary, _ = finished_run
+    store = RunStore(root, "it-run")
+    m = {(r["stage"], r["table"], r["metric"]): r for r in store.read_table("metrics").to_pylist()}
+    assert {(s, t) for s, t, _ in m} >= {("generation", "chains"), ("self_correction", "chains"), ("diversity", "chains"),
+                                          ("generation", "pairs"), ("sft", "sft")}
+    gen = store.read_table("chains", "generation").to_pylist()
+    assert m[("generation", "chains", "accuracy")]["value"] == sum(c["correct"] for c in gen) / len(gen)
+    assert m[("generation", "chains", "accuracy")]["n"] == len(gen)
+    per_problem = {}
+    for c in gen:
+        per_problem.setdefault(c["problem_id"], []).append(c["correct"])
+    want = sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem)
+    assert abs(m[("generation", "chains", "solve_rate")]["value"] - want) < 1e-12
+    assert all(m[(s, t, "vendi_ngram_q1")]["value"] >= 1.0 for s, t, _ in m if (s, t, "vendi_ngram_q1") in m)
+    assert m[("generation", "pairs", "pair_validity")]["value"] == 1.0
+    got = catalog.query(root, "select count(*) as n from metrics where run_id = 'it-run'").to_pylist()[0]["n"]
+    assert got == len(m)
