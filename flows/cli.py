@@ -181,7 +181,7 @@ def _run_dir(run_id: str, data_root: Path) -> str:
 @app.command()
 def rerun(
     run_id: str = typer.Argument(..., help="The run to rerun a stage of."),
-    stage: str = typer.Option(..., "--stage", help="seeds | generation | routing | self_correction | diversity | sft"),
+    stage: str = typer.Option(..., "--stage", help="seeds | generation | routing | self_correction | diversity | sft | metrics"),
     data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the run lives."),
     sets: list[str] = typer.Option([], "--set", help="Change a config field for this rerun: --set self_correction.shard_size=10."),
 ) -> None:
