@@ -24,7 +24,7 @@ from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from infra import catalog, progress, validation  # noqa: E402
-from infra.config import RunConfig, load_config  # noqa: E402
+from infra.config import RunConfig, apply_overrides, load_config  # noqa: E402
 from infra.pool import close_pools, ensure_ray, prewarm  # noqa: E402
 from infra.storage import RunStore  # noqa: E402
 from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
@@ -60,24 +60,13 @@ def prepare_run(
     config_path: str | None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None
 ) -> str:
     """Create a run directory with its validated config, or find an existing one (resume)."""
-    cfg = load_config(config_path, overrides) if config_path else RunConfig.model_validate(_nest(overrides or {}))
+    cfg = load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
     root = Path(data_root or cfg.data_root).resolve()
     if run_id and (root / "runs" / run_id / "config.json").is_file():
         return str(root / "runs" / run_id)
     store = RunStore(root, run_id or new_run_id(cfg.name))
     store.save_config(cfg.model_dump(mode="json"))
     return str(store.run_dir)
-
-
-def _nest(overrides: dict) -> dict:
-    out: dict = {}
-    for key, value in overrides.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 @flow(name="seeds", flow_run_name="seeds")
@@ -252,20 +241,13 @@ def record_rerun(run_dir: str, stage: str, overrides: dict | None) -> dict:
     """Apply config overrides to the run's stored config and log the change."""
     store = _store(run_dir)
     old = store.load_config()
-    new = RunConfig.model_validate(_deep_merge(old, _nest(overrides or {}))).model_dump(mode="json")
+    new = RunConfig.model_validate(apply_overrides(old, overrides)).model_dump(mode="json")
     changes = {k: {"old": _get(old, k), "new": _get(new, k)} for k in (overrides or {})}
     entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "changes": changes}
     with open(store.run_dir / "reruns.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
     store.save_config(new)
     return entry
-
-
-def _deep_merge(base: dict, upd: dict) -> dict:
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _get(d: dict, dotted: str):

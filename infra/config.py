@@ -7,6 +7,7 @@ and the dotted field path, so a bad config stops the run before anything is comp
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -195,6 +196,22 @@ def _format_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def apply_overrides(raw: dict, overrides: dict | None) -> dict:
+    """A copy of ``raw`` with dotted-key overrides set: ``{"search.candidates": 8}`` sets one
+    leaf; a mapping value replaces the whole value at its key (it is not merged), so a
+    backend can change ``kind`` without keeping the old kind's fields."""
+    out = copy.deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     """Read and validate ``path``; relative seed paths are resolved against its folder."""
     path = Path(path)
@@ -206,12 +223,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level, got {type(raw).__name__}")
-    for key, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    raw = apply_overrides(raw, overrides)
     seeds = raw.get("seeds")
     if isinstance(seeds, dict) and seeds.get("kind") == "file":
         seeds["paths"] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in seeds.get("paths", [])]

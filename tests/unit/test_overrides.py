@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from infra.config import RunConfig, apply_overrides
+from infra.storage import RunStore
+
+
+def test_dotted_overrides_set_leaves_and_replace_whole_values():
+    raw = {"search": {"candidates": 5, "temperature": 0.8}, "self_correction": {"policy": {"kind": "tiny", "checkpoint": "x"}}}
+    out = apply_overrides(raw, {"search.candidates": 8, "self_correction.policy": {"kind": "llamacpp", "model_path": "m.gguf"},
+                                "diversity.shard_size": 4})
+    assert out["search"] == {"candidates": 8, "temperature": 0.8}
+    assert out["self_correction"]["policy"] == {"kind": "llamacpp", "model_path": "m.gguf"}  # replaced, not merged
+    assert out["diversity"] == {"shard_size": 4}
+    assert raw["search"]["candidates"] == 5  # the input is not mutated
+    assert apply_overrides({"self_correction": {"policy": None}}, {"self_correction.policy.kind": "tiny"}) == {
+        "self_correction": {"policy": {"kind": "tiny"}}}
+
+
+def test_rerun_can_switch_a_backend_kind_and_logs_the_change(tmp_path):
+    from flows.pipeline import record_rerun
+
+    store = RunStore(tmp_path, "r")
+    store.save_config(RunConfig.model_validate({"self_correction": {"policy": {"kind": "tiny", "checkpoint": "small"}}}).model_dump(mode="json"))
+    entry = record_rerun(str(store.run_dir), "self_correction", {"self_correction.policy": {"kind": "llamacpp", "model_path": "m.gguf"}})
+    cfg = RunConfig.model_validate(store.load_config())
+    assert cfg.self_correction.policy.kind == "llamacpp" and cfg.self_correction.policy.model_path == "m.gguf"
+    assert entry["changes"]["self_correction.policy"]["old"]["checkpoint"] == "small"
+    logged = [json.loads(line) for line in (store.run_dir / "reruns.jsonl").read_text().splitlines()]
+    assert logged == [entry]
+
+
+def test_overrides_that_do_not_validate_leave_the_stored_config_alone(tmp_path):
+    from pydantic import ValidationError
+
+    from flows.pipeline import record_rerun
+
+    store = RunStore(tmp_path, "r")
+    store.save_config(RunConfig().model_dump(mode="json"))
+    before = store.load_config()
+    with pytest.raises(ValidationError):
+        record_rerun(str(store.run_dir), "diversity", {"diversity.candidates": 1})
+    assert store.load_config() == before and not (store.run_dir / "reruns.jsonl").exists()
