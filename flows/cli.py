@@ -42,7 +42,7 @@ QDC_COLUMNS = {"accuracy": "acc", "arith_valid_step_share": "arith ok", "vendi_n
 def _print_qdc(run_dir: str) -> None:
     from infra.storage import RunStore
 
-    rows = RunStore(Path(run_dir).parent.parent, Path(run_dir).name).read_table("metrics").to_pylist()
+    rows = RunStore.at(run_dir).read_table("metrics").to_pylist()
     by = {}
     for r in rows:
         if r["table"] == "chains":

@@ -76,7 +76,7 @@ def seeds_stage(run_dir: str) -> list[str]:
 
 def _fan_out(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
     """Submit one task per shard, wait for all, fail the stage if any failed (others kept)."""
-    store = _store(run_dir)
+    store = RunStore.at(run_dir)
     ensure_ray(RunConfig.model_validate(store.load_config()).pool)  # on this (the flow's) thread, not a task's
     futures = [task.with_options(refresh_cache=not store.is_done("chains", stage, s)).submit(run_dir, s) for s in shards]
     done, failed = [], []
@@ -127,12 +127,8 @@ def metrics_stage(run_dir: str) -> int:
     return metrics_task(run_dir)
 
 
-def _store(run_dir: str) -> RunStore:
-    return RunStore(Path(run_dir).parent.parent, Path(run_dir).name)
-
-
 def summarize(run_dir: str) -> dict:
-    store = _store(run_dir)
+    store = RunStore.at(run_dir)
     counts = {t: store.read_table(t).num_rows for t in TABLES}
     routes = store.read_table("routes").column("route").to_pylist()
     pairs = store.read_table("pairs").column("stage").to_pylist()
@@ -188,13 +184,14 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
 
 
 def _run_stages(run_dir: str) -> dict:
-    cfg = RunConfig.model_validate(_store(run_dir).load_config())
+    store = RunStore.at(run_dir)
+    cfg = RunConfig.model_validate(store.load_config())
     # Ray must start on the main thread: its daemons die with the thread that spawned them
     # (PR_SET_PDEATHSIG is per thread). GX imports meanwhile; actors are spawned by the
     # raylet, so the policy loads in the background while seeds are read and validated.
     validation.preload()
     ensure_ray(cfg.pool)
-    if not _store(run_dir).is_done("routes", "routing", "00000"):
+    if not store.is_done("routes", "routing", "00000"):
         prewarm(cfg.policy, cfg.pool)
     shards = seeds_stage(run_dir)
     progress.report("seeds", 1, 1)
@@ -207,7 +204,7 @@ def _run_stages(run_dir: str) -> dict:
         diversity_stage.with_options(task_runner=runner)(run_dir)
     sft_stage(run_dir)
     metrics_stage(run_dir)
-    catalog.refresh(Path(run_dir).parent.parent)
+    catalog.refresh(store.data_root)
     summary = summarize(run_dir)
     _publish(summary)
     return summary
@@ -227,7 +224,7 @@ def supersede(run_dir: str, stage: str) -> Path:
     """Move the outputs of ``stage`` and everything downstream aside (nothing is deleted)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    store = _store(run_dir)
+    store = RunStore.at(run_dir)
     dest = store.run_dir / "_superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
     for st in (stage, *DOWNSTREAM[stage]):
         for path in stage_outputs(store, st):
@@ -239,7 +236,7 @@ def supersede(run_dir: str, stage: str) -> Path:
 
 def record_rerun(run_dir: str, stage: str, overrides: dict | None) -> dict:
     """Apply config overrides to the run's stored config and log the change."""
-    store = _store(run_dir)
+    store = RunStore.at(run_dir)
     old = store.load_config()
     new = RunConfig.model_validate(apply_overrides(old, overrides)).model_dump(mode="json")
     changes = {k: {"old": _get(old, k), "new": _get(new, k)} for k in (overrides or {})}

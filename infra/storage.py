@@ -53,6 +53,12 @@ class RunStore:
     data_root: Path
     run_id: str
 
+    @classmethod
+    def at(cls, run_dir: str | Path) -> RunStore:
+        """The store of the run directory ``<data_root>/runs/<run_id>``."""
+        path = Path(run_dir)
+        return cls(path.parent.parent, path.name)
+
     @property
     def run_dir(self) -> Path:
         return self.data_root / "runs" / self.run_id

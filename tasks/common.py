@@ -46,8 +46,7 @@ class RunContext:
 
     @classmethod
     def open(cls, run_dir: str) -> RunContext:
-        path = Path(run_dir)
-        store = RunStore(path.parent.parent, path.name)
+        store = RunStore.at(run_dir)
         return cls(store, RunConfig.model_validate(store.load_config()))
 
     @property

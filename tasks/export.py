@@ -37,7 +37,7 @@ def _chat(rows: list[dict], fmt: str) -> list[dict]:
 
 def export_run(run_dir: Path, fmt: str, to: Path, *, chat: bool = False) -> list[Path]:
     table_name, columns = COLUMNS[fmt]
-    store = RunStore(run_dir.parent.parent, run_dir.name)
+    store = RunStore.at(run_dir)
     rows = store.read_table(table_name).select(columns).to_pylist()
     if chat:
         rows = _chat(rows, fmt)
