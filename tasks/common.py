@@ -101,39 +101,46 @@ def shard_cache_key(inputs: list[Path], stage_hash: str, out_dir: str, shard: st
     return h.hexdigest()
 
 
-def problem_context(ctx: RunContext) -> tuple[dict[str, str], dict[str, str]]:
-    """(gold by problem id, solve prompt by problem id) of the run."""
+def problem_context(ctx: RunContext, problems: pa.Table | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(gold by problem id, solve prompt by problem id) for ``problems`` (any table with
+    problem_id, question, gold_answer), or for the whole run when it is None."""
     from infra.prompts import load_template
 
     solve = load_template(ctx.cfg.generation.prompt_template)
-    rows = ctx.store.read_table("problems", "seeds").select(["problem_id", "question", "gold_answer"]).to_pylist()
+    if problems is None:
+        problems = ctx.store.read_table("problems", "seeds")
+    rows = problems.select(["problem_id", "question", "gold_answer"]).to_pylist()
     return {r["problem_id"]: r["gold_answer"] for r in rows}, {r["problem_id"]: solve.render(question=r["question"]) for r in rows}
+
+
+def _reaches_gold(text: str | None, gold: str) -> bool:
+    from tasks.answers import extract_answer, is_equivalent
+
+    return is_equivalent(extract_answer(text or ""), gold)
 
 
 def pair_checks(pairs: pa.Table, gold: dict[str, str], prompts: dict[str, str]) -> dict[str, list]:
     """Re-verify every pair against its problem: chosen right, rejected wrong, prompt = the problem's."""
-    from tasks.answers import extract_answer, is_equivalent
-
     rows = pairs.select(["problem_id", "prompt", "chosen", "rejected"]).to_pylist()
     return {
-        "_chosen_verified": [is_equivalent(extract_answer(r["chosen"] or ""), gold.get(r["problem_id"], "")) for r in rows],
-        "_rejected_verified_wrong": [not is_equivalent(extract_answer(r["rejected"] or ""), gold.get(r["problem_id"], "")) for r in rows],
+        "_chosen_verified": [_reaches_gold(r["chosen"], gold.get(r["problem_id"], "")) for r in rows],
+        "_rejected_verified_wrong": [not _reaches_gold(r["rejected"], gold.get(r["problem_id"], "")) for r in rows],
         "_prompt_matches": [r["prompt"] == prompts.get(r["problem_id"]) for r in rows],
     }
 
 
 def sft_checks(sft: pa.Table, gold: dict[str, str], prompts: dict[str, str]) -> dict[str, list]:
-    from tasks.answers import extract_answer, is_equivalent
-
+    """Re-verify every SFT completion against gold and its prompt against the problem's."""
     rows = sft.select(["problem_id", "prompt", "completion"]).to_pylist()
     return {
-        "_completion_verified": [is_equivalent(extract_answer(r["completion"] or ""), gold.get(r["problem_id"], "")) for r in rows],
+        "_completion_verified": [_reaches_gold(r["completion"], gold.get(r["problem_id"], "")) for r in rows],
         "_prompt_matches": [r["prompt"] == prompts.get(r["problem_id"]) for r in rows],
     }
 
 
-def persist_pairs(ctx: RunContext, stage: str, shard: str, pairs: pa.Table) -> Path:
-    gold, prompts = problem_context(ctx)
+def persist_pairs(ctx: RunContext, stage: str, shard: str, pairs: pa.Table, problems: pa.Table) -> Path:
+    """``persist`` for pairs, checked against ``problems`` (the rows the pairs come from)."""
+    gold, prompts = problem_context(ctx, problems)
     return persist(ctx, "pairs", stage, shard, pairs, extra=pair_checks(pairs, gold, prompts))
 
 
@@ -150,7 +157,7 @@ def model_shard(ctx: RunContext, stage: str, shard: str, backend_cfg, compute) -
         return str(ctx.store.part_path("chains", stage, shard))
     worklist = ctx.store.read_part("worklist", WORKLIST_STAGE, f"{stage}-{shard}")
     chains, pairs = compute(worklist, get_pool(backend_cfg, ctx.cfg.pool))
-    persist_pairs(ctx, stage, shard, pairs)
+    persist_pairs(ctx, stage, shard, pairs, worklist)
     return str(persist(ctx, "chains", stage, shard, chains))
 
 

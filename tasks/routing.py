@@ -111,7 +111,7 @@ def route_and_pair_task(run_dir: str) -> dict:
         problems = store.read_table("problems", "seeds")
         routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=ctx.run_id,
                                 mixed_outcome=ctx.cfg.generation.mixed_outcome)
-        persist_pairs(ctx, STAGE, "00000", generation_pairs(chains, routes, run_id=ctx.run_id))
+        persist_pairs(ctx, STAGE, "00000", generation_pairs(chains, routes, run_id=ctx.run_id), problems)
         manifest = {}
         for target, rows in worklists(problems, chains, routes).items():
             size = getattr(ctx.cfg, target).shard_size
