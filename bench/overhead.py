@@ -70,7 +70,9 @@ def main() -> None:
     overrides = {"seeds.n": args.n, "generation.shard_size": args.shard_size, "generation.concurrency": 1,
                  "pool.actors": 1, "policy.threads": 1,
                  # the baseline is self-generation only; routing and SFT stay on (they are factory work)
-                 "self_correction.enabled": False, "diversity.enabled": False}
+                 "self_correction.enabled": False, "diversity.enabled": False,
+                 # QDC metrics (sentence embeddings, report) are measured on their own in bench/vendi_bench.py
+                 "metrics.enabled": False}
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", overrides)
 
     @flow

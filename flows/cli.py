@@ -35,8 +35,9 @@ def _parse_sets(sets: list[str]) -> dict:
     return out
 
 
-QDC_COLUMNS = {"accuracy": "acc", "arith_valid_step_share": "arith ok", "vendi_ngram_q1": "vendi q1", "distinct_2": "dist-2",
-               "near_duplicate_rate": "near dup", "steps_per_chain": "steps", "solve_rate": "solve"}
+QDC_COLUMNS = {"accuracy": "acc", "arith_valid_step_share": "arith ok", "vendi_q1": "vendi q1", "distinct_2": "dist-2",
+               "near_duplicate_rate": "near dup", "strategies_per_problem": "strategies", "steps_per_chain": "steps",
+               "solve_rate": "solve"}
 
 
 def _print_qdc(run_dir: str) -> None:
@@ -219,6 +220,74 @@ def export(
     paths = export_run(Path(_run_dir(run_id, data_root)), fmt, to, chat=chat)
     for p in paths:
         Console().print(f"wrote {p}")
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., help="The run to report on."),
+    compare: list[str] = typer.Option([], "--compare", help="Other run ids to compare with (repeatable): adds the quality-diversity plane."),
+    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the runs live."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: <run>/report.html or <run>/compare-N-runs.html)."),
+) -> None:
+    """Write a self-contained HTML QDC report (plots embedded) and print its tables."""
+    from tasks.report import ReportError, build_report, summary_tables
+
+    dirs = [_run_dir(r, data_root) for r in (run_id, *compare)]
+    try:
+        path, runs = build_report(dirs, out)
+    except ReportError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1)
+    for t in summary_tables(runs):
+        Console(width=max(Console().width, 160)).print(t)
+    Console().print(f"report: {path}")
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Run config YAML; its seeds are shared by every point."),
+    grid: list[str] = typer.Option(..., "--grid", help="field=v1,v2,... (repeatable; the sweep runs the cartesian product), "
+                                   "e.g. --grid search.temperature=0.3,0.8,1.5 --grid search.candidates=3,6"),
+    n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config field for every point (repeatable)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Resume this sweep id (finished runs are kept)."),
+) -> None:
+    """Run the same seeds under several settings and compare them in one report."""
+    from flows.sweep import SweepError, new_sweep_id, sphere_sweep
+
+    overrides = _parse_sets(sets)
+    if n is not None:
+        overrides["seeds.n"] = n
+    parsed: dict[str, list] = {}
+    for g in grid:
+        if "=" not in g:
+            raise typer.BadParameter(f"--grid {g!r}: expected field=v1,v2,...")
+        k, v = g.split("=", 1)
+        parsed[k.strip()] = [_parse_sets([f"x={x}"])["x"] for x in v.split(",") if x.strip()]
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    sweep_id = resume or new_sweep_id(cfg.name)
+    root = (data_root or Path(cfg.data_root)).resolve()
+    console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
+    try:
+        record = sphere_sweep(config_path=str(config), grid=parsed, sweep_id=sweep_id, data_root=str(root), overrides=overrides)
+    except (SweepError, ConfigError) as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    except Exception as e:
+        console.print(f"[red]sweep {sweep_id} failed: {type(e).__name__}: {e}[/red]")
+        console.print(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} " + " ".join(f"--grid {g}" for g in grid))
+        raise typer.Exit(1)
+    from tasks.report import load_run, summary_tables
+
+    runs = [load_run(root / "runs" / r["run_id"]) for r in record["runs"]]
+    for t in summary_tables(runs)[-1:]:
+        Console(width=max(Console().width, 160)).print(t)
+    Console().print(f"report: {record['report']}")
 
 
 @app.command("check-config")

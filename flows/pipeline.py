@@ -167,6 +167,21 @@ def _publish(summary: dict) -> None:
     create_markdown_artifact(key="sphere-run-summary", markdown="\n".join(md), description="SPHERE run summary")
 
 
+def _publish_report(run_dir: str) -> Path:
+    """Write ``<run>/report.html`` and publish the QDC table and the report path as artifacts."""
+    from tasks.report import build_report, qdc_rows
+
+    path, runs = build_report([run_dir])
+    create_table_artifact(key="sphere-qdc", table=qdc_rows(runs[0]), description=f"QDC metrics of run {runs[0].run_id}")
+    create_markdown_artifact(
+        key="sphere-report",
+        markdown=f"# QDC report of `{runs[0].run_id}`\n\nSelf-contained HTML: `{path}`\n\n"
+        f"Open it in a browser, or compare runs: `sphere report {runs[0].run_id} --compare OTHER_RUN`.",
+        description="Where the run's QDC report is",
+    )
+    return path
+
+
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -203,10 +218,13 @@ def _run_stages(run_dir: str) -> dict:
     if cfg.diversity.enabled:
         diversity_stage.with_options(task_runner=runner)(run_dir)
     sft_stage(run_dir)
-    metrics_stage(run_dir)
+    if cfg.metrics.enabled:
+        metrics_stage(run_dir)
     catalog.refresh(store.data_root)
     summary = summarize(run_dir)
     _publish(summary)
+    if cfg.metrics.enabled:
+        _publish_report(run_dir)
     return summary
 
 

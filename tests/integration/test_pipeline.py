@@ -143,7 +143,7 @@ def test_qdc_metrics_are_stored_per_stage_and_table_and_agree_with_the_chains(fi
         per_problem.setdefault(c["problem_id"], []).append(c["correct"])
     want = sum(sum(v) / len(v) for v in per_problem.values()) / len(per_problem)
     assert abs(m[("generation", "chains", "solve_rate")]["value"] - want) < 1e-12
-    assert all(m[(s, t, "vendi_ngram_q1")]["value"] >= 1.0 for s, t, _ in m if (s, t, "vendi_ngram_q1") in m)
+    assert all(m[(s, t, "vendi_q1")]["value"] >= 1.0 for s, t, _ in m if (s, t, "vendi_q1") in m)
     assert m[("generation", "pairs", "pair_validity")]["value"] == 1.0
     got = catalog.query(root, "select count(*) as n from metrics where run_id = 'it-run'").to_pylist()[0]["n"]
     assert got == len(m)

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from vendi_score import vendi as reference
 
-from tasks.metrics import VendiAccumulator, compression_ratio, distinct_n, hashed_ngrams, near_duplicate_rate, vendi
+from infra.config import RunConfig
+from infra.schemas import CHAINS, from_rows
+from infra.storage import RunStore
+from tasks.embed import HashedEmbedder, hashed_ngrams
+from tasks.metrics import (DistinctCounter, TextDiversity, VendiAccumulator, compression_ratio, compute_metrics, count_strategies,
+                           distinct_n, near_duplicate_rate, vendi)
 
 
 @pytest.mark.parametrize("q", [0.5, 1.0, 2.0])
@@ -41,3 +46,79 @@ def test_lexical_diversity_moves_the_right_way():
     assert near_duplicate_rate(same) == 1.0 and near_duplicate_rate(varied) < 0.5
     assert vendi(hashed_ngrams(same), 1.0) == pytest.approx(1.0)
     assert vendi(hashed_ngrams(varied), 1.0) > 3.0
+
+
+def test_distinct_counter_switches_to_hyperloglog_within_two_percent():
+    exact, approx = DistinctCounter(exact_limit=10**9), DistinctCounter(exact_limit=1000)
+    for k in range(0, 50_000, 500):
+        hashes = [hash(("g", i)) & 0xFFFFFFFFFFFFFFFF for i in range(k, k + 500)] * 2
+        exact.add(hashes)
+        approx.add(hashes)
+    assert exact.count() == 50_000 and approx.exact is None
+    assert abs(approx.count() - 50_000) / 50_000 < 0.02
+
+
+def test_streamed_text_diversity_equals_the_one_shot_functions():
+    texts = [f"He {v} {i} more, so {i}+{i + 1}={2 * i + 1}." for i, v in zip(range(60), ["buys", "finds", "gets"] * 20)]
+    emb = HashedEmbedder()
+    acc = TextDiversity(emb.dim)
+    for k in range(0, 60, 7):
+        acc.add(texts[k : k + 7], emb.encode(texts[k : k + 7]))
+    got = acc.result()
+    assert got["distinct_2"] == pytest.approx(distinct_n(texts, 2))
+    assert got["vendi_q1"] == pytest.approx(vendi(emb.encode(texts), 1.0), rel=1e-5)
+    assert got["compression_ratio"] == pytest.approx(compression_ratio(texts), rel=0.05)
+
+
+def test_strategies_are_clusters_of_similar_rows():
+    assert count_strategies(np.eye(4), 0.9) == 4
+    assert count_strategies(np.tile([[0.6, 0.8]], (5, 1)), 0.9) == 1
+    two = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0]])
+    assert count_strategies(two / np.linalg.norm(two, axis=1, keepdims=True), 0.95) == 2
+
+
+def _chain(i: int, problem: str, stage: str, text: str, correct: bool) -> dict:
+    steps = text.split("\n\n")
+    return {"run_id": "r", "chain_id": f"c{i}", "problem_id": problem, "stage": stage, "steps": steps,
+            "step_scores": [1.0] * len(steps), "n_steps": len(steps), "text": text, "correct": correct,
+            "verdict": "correct" if correct else "wrong", "completion_tokens": 10 * len(steps), "temperature": 1.0}
+
+
+def _store(tmp_path) -> RunStore:
+    store = RunStore(tmp_path, "r")
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(30):
+        for k in range(int(rng.integers(1, 7))):
+            a, b = int(rng.integers(1, 50)), int(rng.integers(1, 50))
+            text = f"She has {a} and gets {b}, so {a}+{b}={a + b}.\n\n#### {a + b}" if k % 3 else f"Start {p}.\n\n#### {p}"
+            rows.append(_chain(len(rows), f"p{p:02d}", ["generation", "diversity"][p % 2], text, bool(k % 3)))
+    # Two shards per stage, rows of one problem split across shards and batches.
+    for shard in range(2):
+        part = [r for j, r in enumerate(rows) if j % 2 == shard]
+        for stage in ("generation", "diversity"):
+            store.write("chains", stage, f"0000{shard}", from_rows([r for r in part if r["stage"] == stage], "chains"))
+    store.write("problems", "seeds", "00000", from_rows([{"problem_id": f"p{p:02d}", "n_ops": p % 4 + 1} for p in range(30)], "problems"))
+    return store
+
+
+def test_metrics_do_not_depend_on_the_batch_size(tmp_path):
+    store = _store(tmp_path)
+    chains = store.read_table("chains").to_pylist()
+    got = {}
+    for rows in (64, 100_000):
+        cfg = RunConfig.model_validate({"metrics": {"embedder": "hashed", "batch_rows": rows}})
+        got[rows] = {(r["stage"], r["metric"]): r["value"] for r in compute_metrics(store, cfg, HashedEmbedder()).to_pylist()}
+    assert got[64].keys() == got[100_000].keys()
+    for k, v in got[64].items():
+        assert v == pytest.approx(got[100_000][k], rel=1e-6, abs=1e-9), k
+    gen = [c for c in chains if c["stage"] == "generation"]
+    assert got[64][("generation", "accuracy")] == pytest.approx(sum(c["correct"] for c in gen) / len(gen))
+    # wrong chains "Start p" are one text per problem; every correct chain of a problem is its own template
+    by_problem = {}
+    for c in gen:
+        by_problem.setdefault(c["problem_id"], []).append(c)
+    ops = [int(p[1:]) % 4 + 1 for p in by_problem]
+    assert got[64][("generation", "ops_per_problem")] == pytest.approx(sum(ops) / len(ops))
+    dups = sum(1 for cs in by_problem.values() for c in cs if sum(d["text"] == c["text"] for d in cs) > 1)
+    assert got[64][("generation", "near_duplicate_rate")] >= dups / len(gen)
