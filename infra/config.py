@@ -86,7 +86,44 @@ class LlamaCppBackend(_Model):
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout; a request past it is a typed BackendTimeout.")
 
 
-BackendConfig = Annotated[Union[TinyBackend, LlamaCppBackend], Field(discriminator="kind")]
+class OpenAIBackend(_Model):
+    kind: Literal["openai"] = Field("openai", description="Any OpenAI-compatible HTTP server (vLLM serve, SGLang, llama.cpp server, hosted APIs).")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL up to and including /v1.")
+    model: str = Field(..., description="Model name the server serves.")
+    endpoint: Literal["completions", "chat"] = Field(
+        "completions", description="'completions': raw prompt + prefix; 'chat': messages with the prefix as a continued assistant turn."
+    )
+    system_prompt: str | None = Field(None, description="chat: system message (None: none).")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged); unset = no key.")
+    initial_concurrency: int = Field(8, ge=1, description="Requests in flight at the start (AIMD then adapts it).")
+    min_concurrency: int = Field(1, ge=1, description="AIMD floor.")
+    max_concurrency: int = Field(64, ge=1, description="AIMD ceiling.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Per-request timeout; a timed-out request is retried.")
+    max_retries: int = Field(6, ge=0, description="Retries of one request on 429/5xx/timeouts/dropped connections.")
+    backoff_base_s: float = Field(0.5, gt=0, description="Full-jitter backoff base: sleep uniform(0, min(max, base * 2**attempt)).")
+    backoff_max_s: float = Field(20.0, gt=0, description="Backoff ceiling (also caps Retry-After).")
+    send_seed: bool = Field(True, description="Send a per-sample seed (servers that reject 'seed' need False).")
+    reproducible: bool = Field(False, description="Declare that the server returns the same text for the same seed (e.g. one llama.cpp slot).")
+
+
+class VLLMBackend(_Model):
+    kind: Literal["vllm"] = Field("vllm", description="vLLM engines (vllm.LLM) inside the Ray actors, on GPUs.")
+    model: str = Field(..., description="Model directory (or hub id where the GPU workers can reach a hub).")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine; the actor reserves this many (one node, STRICT_PACK).")
+    actors: Optional[int] = Field(None, ge=1, description="Engines for this model; None = pool.actors.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of each GPU's memory vLLM may take.")
+    max_model_len: Optional[int] = Field(None, ge=256, description="Context length; None = the model's.")
+    max_num_seqs: int = Field(256, ge=1, description="Sequences batched together by the engine.")
+    dtype: str = Field("auto", description="Weights dtype.")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prefixes (the search re-sends them every depth).")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture (faster start, slower decode).")
+    chat_template: bool = Field(False, description="Render (user = prompt, assistant = prefix) with the tokenizer's chat template.")
+    task: Literal["generate", "reward"] = Field("generate", description="'reward' serves a PRM (pooling) model instead of generation.")
+    engine: str = Field("vllm:LLM", description="module:Class of the engine (vllm.LLM; another class honouring LLM.generate's contract).")
+    engine_args: dict = Field(default_factory=dict, description="Extra keyword arguments for the engine constructor.")
+
+
+BackendConfig = Annotated[Union[TinyBackend, LlamaCppBackend, OpenAIBackend, VLLMBackend], Field(discriminator="kind")]
 
 
 class PoolConfig(_Model):
@@ -97,6 +134,9 @@ class PoolConfig(_Model):
     max_retries: int = Field(2, ge=0, description="Times a batch is retried on a fresh actor after the actor dies or times out.")
     batch_timeout_s: float = Field(600.0, gt=0, description="A batch not answered within this is an infrastructure failure.")
     startup_timeout_s: float = Field(300.0, gt=0, description="Actors must have built their backends within this (else the run fails fast).")
+    runtime_env: Optional[dict] = Field(
+        None, description="Ray runtime_env of the actors: the GPU workers' own environment ({'pip': [...]} / {'uv': [...]}, "
+        "{'image_uri': ...}, env_vars). The driver never imports vLLM; only the actors do.")
 
 
 # ---------------------------------------------------------------- method
@@ -180,7 +220,7 @@ class MetricsConfig(_Model):
         0.92, gt=0, le=1, description="Cosine similarity at or above which two correct chains of a problem count as one strategy."
     )
     near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which two chains of a problem are near-duplicates.")
-    memory_limit: str = Field("1GB", description="DuckDB memory limit of the metrics queries (sorting spills to disk past it).")
+    memory_limit: str = Field("256MB", description="DuckDB memory limit of the metrics queries (sorting spills to disk past it).")
 
 
 class RunConfig(_Model):

@@ -49,6 +49,37 @@ def _init_ray(cfg: PoolConfig) -> None:
         )
 
 
+def backend_json_actors(backend_json: dict, pool_cfg: PoolConfig) -> int:
+    """Actors for this backend: the backend's own ``actors`` (vllm) or the pool's."""
+    return backend_json.get("actors") or pool_cfg.actors
+
+
+def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
+    """Ray options of one backend actor.
+
+    A vLLM engine gets ``num_gpus`` = its tensor-parallel size: Ray puts all of them on one
+    node and sets CUDA_VISIBLE_DEVICES, and vLLM's own multiprocessing executor runs the
+    tensor-parallel workers inside the actor (no Ray executor nested in a Ray actor). With
+    tensor parallelism the GPUs are first reserved as a STRICT_PACK placement group (one
+    node, all or nothing), so a pool that does not fit fails at start-up instead of
+    holding half its GPUs. ``pool.runtime_env`` gives the actors the GPU workers' own
+    environment (pip/uv set or container image).
+    """
+    opts: dict = {"num_cpus": pool_cfg.num_cpus, "num_gpus": pool_cfg.num_gpus}
+    if backend_json.get("kind") == "vllm":
+        tp = int(backend_json.get("tensor_parallel_size") or 1)
+        opts["num_gpus"] = tp
+        if tp > 1:
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            pg = placement_group([{"GPU": tp, "CPU": max(pool_cfg.num_cpus, 1)}], strategy="STRICT_PACK")
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
+    if pool_cfg.runtime_env:
+        opts["runtime_env"] = pool_cfg.runtime_env
+    return opts
+
+
 @ray.remote(max_restarts=0)
 class BackendActor:
     def __init__(self, backend_cfg: dict):
@@ -84,13 +115,17 @@ class EnginePool:
         self.backend_json = backend_cfg.model_dump(mode="json")
         self.cfg = pool_cfg
         self._lock = threading.Lock()
-        self.actors = [self._spawn() for _ in range(pool_cfg.actors)]
+        self._pgs: list = []
+        self.actors = [self._spawn() for _ in range(backend_json_actors(self.backend_json, pool_cfg))]
         infos = self._start(self.actors)
         self.model_name = infos[0]["model"]
         self.reproducible = infos[0]["reproducible"]
 
     def _spawn(self):
-        return BackendActor.options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus).remote(self.backend_json)
+        opts = actor_options(self.backend_json, self.cfg)
+        if "scheduling_strategy" in opts:
+            self._pgs.append(opts["scheduling_strategy"].placement_group)
+        return BackendActor.options(**opts).remote(self.backend_json)
 
     def _start(self, actors) -> list[dict]:
         """Wait for actors to build their backends; fail fast with the backend's message."""
@@ -156,6 +191,14 @@ class EnginePool:
             except Exception:
                 pass
         self.actors = []
+        for pg in self._pgs:
+            try:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(pg)
+            except Exception:
+                pass
+        self._pgs = []
 
 
 _POOLS: dict[str, EnginePool] = {}

@@ -317,20 +317,22 @@ def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _stream_groups(reader, key: tuple[str, ...]):
-    """Yield lists of consecutive rows sharing ``key`` from a RecordBatchReader."""
-    group: list[dict] = []
-    current = None
-    for batch in reader:
-        for r in batch.to_pylist():
-            k = tuple(r[c] for c in key)
-            if k != current and group:
-                yield group
-                group = []
-            current = k
-            group.append(r)
-    if group:
-        yield group
+def _stream_groups(readers, key: tuple[str, ...]):
+    """Yield lists of consecutive rows sharing ``key`` from a sequence of RecordBatchReaders
+    (a group never spans two readers)."""
+    for reader in readers:
+        group: list[dict] = []
+        current = None
+        for batch in reader:
+            for r in batch.to_pylist():
+                k = tuple(r[c] for c in key)
+                if k != current and group:
+                    yield group
+                    group = []
+                current = k
+                group.append(r)
+        if group:
+            yield group
 
 
 class _Batcher:
@@ -380,7 +382,10 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
         rows_out.extend({"run_id": store.run_id, "stage": stage, "table": table, "metric": k, "value": float(v), "n": n}
                         for k, v in values.items())
 
-    def run_pass(sql: str, writer=None) -> dict[str, StageStats]:
+    def run_pass(sql: str, parts: list[Path], writer=None) -> dict[str, StageStats]:
+        """Stream ``sql`` (with ``{src}`` = one part file) over every part in turn. A shard
+        holds all rows of its problems, so sorting within a part keeps each problem's rows
+        together without a global sort: memory is bounded by the shard, not the run."""
         stats: dict[str, StageStats] = {}
 
         def on_groups(groups, texts, E):
@@ -403,8 +408,8 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
                 writer(pa.table({"chain_id": ids, "stage": stages, "embedding": emb}))
 
         batcher = _Batcher(embedder, mcfg.batch_rows, on_groups)
-        reader = con.sql(sql).to_arrow_reader(mcfg.batch_rows)
-        for group in _stream_groups(reader, ("stage", "problem_id")):
+        readers = (con.sql(sql.format(src=_sql_list([p]))).to_arrow_reader(mcfg.batch_rows) for p in parts)
+        for group in _stream_groups(readers, ("stage", "problem_id")):
             batcher.add(group)
         batcher.flush()
         return stats
@@ -412,11 +417,12 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
     chains = store.committed_parts("chains")
     problems = store.committed_parts("problems")
     if chains:
-        ops = (f"LEFT JOIN (SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({_sql_list(problems)}) GROUP BY 1) p "
-               "USING (problem_id)") if problems else ""
+        if problems:
+            con.execute(f"CREATE TEMP TABLE ops AS SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({_sql_list(problems)}) GROUP BY 1")
+        ops = "LEFT JOIN ops p USING (problem_id)" if problems else ""
         sql = (f"SELECT c.stage, c.problem_id, c.chain_id, c.text, c.steps, c.step_scores, c.n_steps, c.correct, c.verdict, "
                f"c.completion_tokens, {'p.n_ops' if problems else 'NULL AS n_ops'} "
-               f"FROM read_parquet({_sql_list(chains)}) c {ops} ORDER BY c.stage, c.problem_id, c.chain_id")
+               f"FROM read_parquet({{src}}) c {ops} ORDER BY c.stage, c.problem_id, c.chain_id")
         tmp = emb_path.with_name(".embeddings.parquet.tmp")
         pw = None
 
@@ -426,7 +432,7 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
                 pw = pq.ParquetWriter(tmp, t.schema, compression="zstd")
             pw.write_table(t)
 
-        for stage, st in sorted(run_pass(sql, write).items()):
+        for stage, st in sorted(run_pass(sql, chains, write).items()):
             emit(stage, "chains", st.result("chains"), st.n)
         if pw is not None:
             pw.close()
@@ -439,9 +445,9 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
     pair_stats: dict[str, StageStats] = {}
     if pairs:
         sql = (f"SELECT x.stage, x.problem_id, x.chosen AS text, x.margin, {'e.embedding' if has_emb else 'NULL AS embedding'} "
-               f"FROM read_parquet({_sql_list(pairs)}) x {emb_join + 'x.chosen_chain_id' if has_emb else ''} "
+               f"FROM read_parquet({{src}}) x {emb_join + 'x.chosen_chain_id' if has_emb else ''} "
                "ORDER BY x.stage, x.problem_id, x.pair_id")
-        pair_stats = run_pass(sql)
+        pair_stats = run_pass(sql, pairs)
     for stage in sorted(set(pair_stats) | set(bad)):
         st = pair_stats.get(stage) or StageStats(1)
         emit(stage, "pairs", st.result("pairs", bad.get(stage, 0)), st.n)
@@ -449,8 +455,8 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
     sft = store.committed_parts("sft")
     if sft:
         sql = (f"SELECT 'sft' AS stage, x.problem_id, x.completion AS text, {'e.embedding' if has_emb else 'NULL AS embedding'} "
-               f"FROM read_parquet({_sql_list(sft)}) x {emb_join + 'x.chain_id' if has_emb else ''} ORDER BY x.problem_id, x.sft_id")
-        for stage, st in run_pass(sql).items():
+               f"FROM read_parquet({{src}}) x {emb_join + 'x.chain_id' if has_emb else ''} ORDER BY x.problem_id, x.sft_id")
+        for stage, st in run_pass(sql, sft).items():
             emit(stage, "sft", st.result("sft"), st.n)
     con.close()
     return from_rows(rows_out, "metrics")

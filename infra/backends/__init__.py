@@ -7,7 +7,7 @@ imports no heavy library.
 from __future__ import annotations
 
 from infra.backends.base import TextGenerator
-from infra.config import LlamaCppBackend, TinyBackend
+from infra.config import LlamaCppBackend, OpenAIBackend, TinyBackend, VLLMBackend
 
 
 def _tiny(cfg: TinyBackend) -> TextGenerator:
@@ -22,7 +22,19 @@ def _llamacpp(cfg: LlamaCppBackend) -> TextGenerator:
     return LlamaCppGenerator(cfg)
 
 
-BUILDERS = {"tiny": _tiny, "llamacpp": _llamacpp}
+def _openai(cfg: OpenAIBackend) -> TextGenerator:
+    from infra.backends.openai import OpenAIGenerator
+
+    return OpenAIGenerator(cfg)
+
+
+def _vllm(cfg: VLLMBackend) -> TextGenerator:
+    from infra.backends.vllm import VLLMGenerator
+
+    return VLLMGenerator(cfg)
+
+
+BUILDERS = {"tiny": _tiny, "llamacpp": _llamacpp, "openai": _openai, "vllm": _vllm}
 
 
 def build_backend(cfg) -> TextGenerator:

@@ -1,23 +1,38 @@
-"""One contract every backend passes (tiny and llamacpp here; openai and vllm join later)."""
+"""One contract every backend passes: tiny, llamacpp (in process), openai (llama.cpp's real
+HTTP server on 127.0.0.1) and vllm (its real generator code over an engine that honours
+vllm.LLM's generate contract, here backed by the tiny model; the gpu tier runs real vLLM)."""
 
 import pytest
 
 from infra.backends import build_backend
 from infra.backends.base import GenRequest, InvalidRequest
-from infra.config import LlamaCppBackend, TinyBackend
+from infra.config import LlamaCppBackend, OpenAIBackend, TinyBackend, VLLMBackend
+
+PROMPT = "Question: Tom has 12 pens. He buys 7 more. How many pens does Tom have now?\nAnswer:\n"
+
+
+def _openai():
+    from tests.support.servers import llamacpp_server
+
+    server, url = llamacpp_server(n_parallel=1)
+    # one slot: the server's output depends only on (prompt, seed), so it promises reproducibility
+    return build_backend(OpenAIBackend(base_url=url, model="smollm2", reproducible=True, initial_concurrency=4)), server
+
 
 BACKENDS = {
-    "tiny": TinyBackend(checkpoint="policy"),
-    "llamacpp": LlamaCppBackend(model_path="smollm2", n_parallel=4, threads=2, n_ctx=2048),
+    "tiny": lambda: (build_backend(TinyBackend(checkpoint="policy")), None),
+    "llamacpp": lambda: (build_backend(LlamaCppBackend(model_path="smollm2", n_parallel=4, threads=2, n_ctx=2048)), None),
+    "openai": _openai,
+    "vllm": lambda: (build_backend(VLLMBackend(model="policy", engine="tests.support.tiny_llm:TinyLLM")), None),
 }
-PROMPT = "Question: Tom has 12 pens. He buys 7 more. How many pens does Tom have now?\nAnswer:\n"
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))
 def backend(request):
-    b = build_backend(BACKENDS[request.param])
+    b, keep_alive = BACKENDS[request.param]()
     yield b
     b.close()
+    del keep_alive
 
 
 def test_results_are_well_formed_in_order_and_honour_n_and_max_tokens(backend):
@@ -55,3 +70,10 @@ def test_greedy_samples_agree_and_seeds_reproduce_where_promised(backend):
 def test_malformed_requests_raise_a_typed_error(backend, bad):
     with pytest.raises(InvalidRequest):
         backend.generate([GenRequest(PROMPT, **bad)])
+
+
+def test_token_counts_and_logprobs_are_returned_when_asked(backend):
+    res = backend.generate([GenRequest(PROMPT, n=2, temperature=0.8, max_tokens=8, seed=3, logprobs=True)])[0]
+    for c in res.completions:
+        assert c.completion_tokens >= 1
+        assert c.logprob is not None and c.logprob <= 0.0

@@ -93,9 +93,10 @@ def _store(tmp_path) -> RunStore:
             a, b = int(rng.integers(1, 50)), int(rng.integers(1, 50))
             text = f"She has {a} and gets {b}, so {a}+{b}={a + b}.\n\n#### {a + b}" if k % 3 else f"Start {p}.\n\n#### {p}"
             rows.append(_chain(len(rows), f"p{p:02d}", ["generation", "diversity"][p % 2], text, bool(k % 3)))
-    # Two shards per stage, rows of one problem split across shards and batches.
+    # Two shards per stage (a shard holds all rows of its problems, as the stages write them);
+    # batches of 64 rows split problems across batch boundaries.
     for shard in range(2):
-        part = [r for j, r in enumerate(rows) if j % 2 == shard]
+        part = [r for r in rows if int(r["problem_id"][1:]) // 2 % 2 == shard]
         for stage in ("generation", "diversity"):
             store.write("chains", stage, f"0000{shard}", from_rows([r for r in part if r["stage"] == stage], "chains"))
     store.write("problems", "seeds", "00000", from_rows([{"problem_id": f"p{p:02d}", "n_ops": p % 4 + 1} for p in range(30)], "problems"))

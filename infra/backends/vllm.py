@@ -1,0 +1,154 @@
+"""``vllm`` backend: one ``vllm.LLM`` engine per Ray actor, on that actor's GPUs.
+
+Built inside the actor (never in the Prefect driver, which must not import vLLM: it pins
+fastapi and CUDA torch, see STACK.md); the actor runs in the GPU workers' environment
+(``pool.runtime_env``, or a worker image). Before the engine starts, ``VLLM_DP_*`` is
+cleared (a data-parallel launcher's variables would make each engine wait for peers) and
+tensor parallelism uses vLLM's multiprocessing executor inside the actor (no Ray executor
+nested in a Ray actor; the pool reserved the GPUs, see ``infra.pool.actor_options``).
+
+``generate`` sends the whole batch to ``LLM.generate`` at once: one ``SamplingParams`` per
+request with ``n`` samples, the request's seed, its stop strings (the step boundary) and
+``logprobs=0`` when asked (the sampled token's log-prob, summed per completion). Prefix
+caching is on by default: the search re-sends each chain's growing prefix at every depth.
+Prompt and completion token counts come from the engine's token ids.
+
+Failures: an out-of-memory (or any error) while the engine starts raises
+``BackendUnavailable`` with the engine's own message, so the pool fails fast instead of
+waiting; an engine that dies mid-batch marks the generator dead and raises
+``BackendUnavailable``, and the pool replaces the actor and resends the chunk.
+
+``task: reward`` serves a PRM: ``reward(texts)`` returns each text's per-token reward
+vectors through ``LLM.reward`` (pooling), the model vLLM serves at /pooling.
+
+The engine class is configurable (``engine: module:Class``): the CPU tests drive this
+code through an engine that honours ``LLM.generate``'s contract (tests/support/tiny_llm.py);
+its module must also define ``SamplingParams``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from infra.backends.base import BackendUnavailable, Completion, GenRequest, GenResult, InvalidRequest
+from infra.config import VLLMBackend
+
+OOM_MARKERS = ("out of memory", "no available memory for the cache blocks", "insufficient memory", "cuda error: out of memory")
+
+
+def clear_data_parallel_env() -> list[str]:
+    """Remove ``VLLM_DP_*`` from the environment; returns the names removed."""
+    names = [k for k in os.environ if k.startswith("VLLM_DP_")]
+    for k in names:
+        del os.environ[k]
+    return names
+
+
+def load_engine(spec: str):
+    """(engine class, SamplingParams class) from ``module:Class``."""
+    module_name, _, cls_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"engine {spec!r}: cannot import {module_name!r} ({e}); the vllm backend runs in the GPU workers' "
+            "environment (pool.runtime_env or a worker image with `pip install 'sphere-factory[gpu-worker]'`)"
+        ) from None
+    try:
+        return getattr(module, cls_name or "LLM"), getattr(module, "SamplingParams")
+    except AttributeError as e:
+        raise BackendUnavailable(f"engine {spec!r}: {e}") from None
+
+
+def engine_kwargs(cfg: VLLMBackend) -> dict:
+    kw = {
+        "model": cfg.model,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "max_num_seqs": cfg.max_num_seqs,
+        "dtype": cfg.dtype,
+        "enable_prefix_caching": cfg.enable_prefix_caching,
+        "enforce_eager": cfg.enforce_eager,
+    }
+    if cfg.max_model_len:
+        kw["max_model_len"] = cfg.max_model_len
+    if cfg.tensor_parallel_size > 1:
+        kw["distributed_executor_backend"] = "mp"
+    if cfg.task == "reward":
+        kw["runner"] = "pooling"
+    return {**kw, **cfg.engine_args}
+
+
+class VLLMGenerator:
+    reproducible = False  # per-request seeds, but batch composition can change the numerics
+
+    def __init__(self, cfg: VLLMBackend):
+        self.cfg = cfg
+        clear_data_parallel_env()
+        engine_cls, self.SamplingParams = load_engine(cfg.engine)
+        try:
+            self.llm = engine_cls(**engine_kwargs(cfg))
+        except Exception as e:  # noqa: BLE001 - every start-up failure is reported with the engine's message
+            msg = f"{type(e).__name__}: {e}"
+            kind = "out of GPU memory" if any(m in msg.lower() for m in OOM_MARKERS) else "failed to start"
+            raise BackendUnavailable(f"vLLM engine for {cfg.model!r} {kind}: {msg}") from None
+        self.model_name = f"vllm:{cfg.model}"
+        self.dead: str | None = None
+        self.tokenizer = self.llm.get_tokenizer() if cfg.chat_template else None
+
+    def render(self, r: GenRequest) -> str:
+        if not self.cfg.chat_template:
+            return r.prompt + r.prefix
+        messages = [{"role": "user", "content": r.prompt}]
+        if r.prefix:
+            messages.append({"role": "assistant", "content": r.prefix})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not r.prefix,
+                                                  continue_final_message=bool(r.prefix))
+
+    def sampling_params(self, r: GenRequest):
+        return self.SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+                                   stop=list(r.stop) or None, seed=r.seed, logprobs=0 if r.logprobs else None)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        for r in requests:
+            r.validate()
+        if self.cfg.task != "generate":
+            raise InvalidRequest(f"{self.model_name} serves task {self.cfg.task!r}, not generation")
+        if self.dead:
+            raise BackendUnavailable(f"vLLM engine is dead: {self.dead}")
+        if not requests:
+            return []
+        try:
+            outs = self.llm.generate([self.render(r) for r in requests], [self.sampling_params(r) for r in requests], use_tqdm=False)
+        except (ValueError, TypeError) as e:  # vLLM validates requests with ValueError (e.g. prompt too long)
+            raise InvalidRequest(f"vLLM rejected the batch: {e}") from None
+        except Exception as e:  # noqa: BLE001 - EngineDeadError, CUDA errors: the engine is gone
+            self.dead = f"{type(e).__name__}: {e}"
+            raise BackendUnavailable(f"vLLM engine died mid-batch: {self.dead}") from None
+        return [self._result(r, o) for r, o in zip(requests, outs)]
+
+    def _result(self, r: GenRequest, out) -> GenResult:
+        comps = []
+        for c in out.outputs:
+            if c.finish_reason == "length":
+                finish = "length"
+            else:
+                finish = "stop" if isinstance(getattr(c, "stop_reason", None), str) else "eos"
+            lp = getattr(c, "cumulative_logprob", None) if r.logprobs else None
+            comps.append(Completion(c.text, finish, len(c.token_ids), None if lp is None else float(lp)))
+        return GenResult(comps, len(out.prompt_token_ids or []), {"model": self.model_name})
+
+    def reward(self, texts: list[str]) -> list[list[float]]:
+        """Per-token reward vectors of a PRM (``task: reward``), flattened per text."""
+        if self.cfg.task != "reward":
+            raise InvalidRequest(f"{self.model_name} serves task {self.cfg.task!r}, not reward")
+        try:
+            outs = self.llm.reward(texts, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001
+            self.dead = f"{type(e).__name__}: {e}"
+            raise BackendUnavailable(f"vLLM engine died mid-batch: {self.dead}") from None
+        return [[float(x) for x in getattr(o.outputs, "data", o.outputs).flatten().tolist()] for o in outs]
+
+    def close(self) -> None:
+        self.llm = None

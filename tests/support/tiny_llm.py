@@ -1,0 +1,96 @@
+"""An engine that honours ``vllm.LLM``'s constructor and ``generate`` contract on CPU, backed
+by the tiny model, so the CPU tests drive ``infra.backends.vllm`` through the same seam
+the real engine uses (the gpu tier runs the real ``vllm.LLM``).
+
+Contract honoured: ``LLM(model=..., **engine_args)``; ``generate(prompts, sampling_params,
+use_tqdm=False)`` returns one ``RequestOutput`` per prompt in order, with
+``prompt_token_ids`` and ``outputs`` = ``n`` ``CompletionOutput`` (``text``, ``token_ids``,
+``finish_reason`` in {"stop", "length"}, ``stop_reason`` = the matched stop string or None
+at end of sequence, ``cumulative_logprob`` when ``logprobs`` is set, else None);
+``get_tokenizer()``.
+
+Fault knobs (engine_args, for tests): ``oom_at_start`` raises the error vLLM raises when the
+KV cache does not fit; ``die_once_file`` makes the first engine that finds the file missing
+create it and die on its first ``generate`` (EngineDeadError-like), so a fresh engine works.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 16
+    stop: list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    finish_reason: str
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class TinyLLM:
+    def __init__(self, model: str = "policy", gpu_memory_utilization: float = 0.9, oom_at_start: bool = False,
+                 die_once_file: str | None = None, **_ignored):
+        if oom_at_start:
+            raise ValueError("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                             "when initializing the engine.")
+        from infra.backends.tiny import TinyGenerator
+        from infra.config import TinyBackend
+
+        self.gen = TinyGenerator(TinyBackend(checkpoint=model))
+        self.die = False
+        if die_once_file and not os.path.exists(die_once_file):
+            open(die_once_file, "w").close()
+            self.die = True
+        self.calls = 0
+
+    def get_tokenizer(self):
+        return self.gen.tok
+
+    def generate(self, prompts, sampling_params, use_tqdm: bool = False):
+        from infra.backends.base import GenRequest
+
+        self.calls += 1
+        if self.die:
+            raise EngineDeadError("EngineCore encountered an issue. See stack trace (above) for the root cause.")
+        if not isinstance(sampling_params, list):
+            sampling_params = [sampling_params] * len(prompts)
+        reqs = [GenRequest(p, n=sp.n, temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_tokens,
+                           stop=tuple(sp.stop or ()), seed=sp.seed or 0) for p, sp in zip(prompts, sampling_params)]
+        results = self.gen.generate(reqs)
+        outs = []
+        for k, (p, sp, res) in enumerate(zip(prompts, sampling_params, results)):
+            comps = []
+            for j, c in enumerate(res.completions):
+                stop_hit = c.finish_reason == "stop"
+                comps.append(CompletionOutput(
+                    j, c.text, list(range(c.completion_tokens)), c.logprob if sp.logprobs is not None else None,
+                    "length" if c.finish_reason == "length" else "stop",
+                    next(iter(sp.stop or [""]), None) if stop_hit else None))
+            outs.append(RequestOutput(str(k), p, list(range(res.prompt_tokens)), comps))
+        return outs
