@@ -104,6 +104,7 @@ class OpenAIBackend(_Model):
     backoff_max_s: float = Field(20.0, gt=0, description="Backoff ceiling (also caps Retry-After).")
     send_seed: bool = Field(True, description="Send a per-sample seed (servers that reject 'seed' need False).")
     reproducible: bool = Field(False, description="Declare that the server returns the same text for the same seed (e.g. one llama.cpp slot).")
+    extra_body: dict = Field(default_factory=dict, description="Server-specific request fields merged into every body (e.g. {'top_k': 20}, llama.cpp {'cache_prompt': false}).")
 
 
 class VLLMBackend(_Model):

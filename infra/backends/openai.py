@@ -118,6 +118,7 @@ class OpenAIGenerator:
                 "n": 1, "stop": list(r.stop) or None}
         if self.cfg.send_seed:
             body["seed"] = sample_seed(r.seed, j)
+        body.update(self.cfg.extra_body)
         if self.cfg.endpoint == "chat":
             messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []) + [
                 {"role": "user", "content": r.prompt}]

@@ -16,7 +16,8 @@ def _openai():
 
     server, url = llamacpp_server(n_parallel=1)
     # one slot: the server's output depends only on (prompt, seed), so it promises reproducibility
-    return build_backend(OpenAIBackend(base_url=url, model="smollm2", reproducible=True, initial_concurrency=4)), server
+    return build_backend(OpenAIBackend(base_url=url, model="smollm2", reproducible=True, initial_concurrency=4,
+                                       extra_body={"cache_prompt": False})), server
 
 
 BACKENDS = {

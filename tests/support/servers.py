@@ -43,6 +43,11 @@ def llamacpp_server(n_parallel: int = 1, n_ctx: int = 2048):
     return server, server.listening_address.rstrip("/") + "/v1"
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog (5) refuses connections under bursts
+    daemon_threads = True
+
+
 class FaultServer:
     """``schedule``: faults applied to requests in arrival order, cycling ('ok', '429',
     '429-retry-after', '500', '503', 'slow', 'drop', 'garbage'). ``max_in_flight``: answer 429
@@ -70,7 +75,7 @@ class FaultServer:
             def do_POST(self):
                 owner._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.httpd = _Server(("127.0.0.1", free_port()), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
