@@ -290,6 +290,29 @@ def sweep(
     Console().print(f"report: {record['report']}")
 
 
+@app.command()
+def server(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(4200, "--port"),
+    ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the Prefect UI."),
+) -> None:
+    """Start a local Prefect server (API + UI) with the offline settings this project uses.
+
+    Then, in other shells: `export PREFECT_API_URL=http://HOST:PORT/api`,
+    `prefect work-pool create sphere-local --type process`, `prefect deploy --all`,
+    `prefect worker start --pool sphere-local`.
+    """
+    import os
+
+    from infra.env import offline_defaults
+
+    env = {**offline_defaults(), **os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    console.print(f"Prefect server on http://{host}:{port} (API: http://{host}:{port}/api; PREFECT_HOME={env['PREFECT_HOME']})")
+    exe = Path(sys.executable).with_name("prefect")
+    os.execve(str(exe), [str(exe), "server", "start", "--host", host, "--port", str(port)], env)
+
+
 @app.command("check-config")
 def check_config(config: Path = typer.Argument(..., help="Config YAML to validate.")) -> None:
     """Validate a config file and print it with all defaults filled in."""

@@ -64,9 +64,22 @@ def prepare_run(
     root = Path(data_root or cfg.data_root).resolve()
     if run_id and (root / "runs" / run_id / "config.json").is_file():
         return str(root / "runs" / run_id)
-    store = RunStore(root, run_id or new_run_id(cfg.name))
+    run_id = run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name)
+    if (root / "runs" / run_id / "config.json").is_file():
+        return str(root / "runs" / run_id)
+    store = RunStore(root, run_id)
     store.save_config(cfg.model_dump(mode="json"))
     return str(store.run_dir)
+
+
+def _flow_run_bound_id(name: str) -> str | None:
+    """Inside a Prefect flow run (a deployment's scheduled run), a run id derived from the
+    flow run's id, so ``prefect flow-run retry`` finds the same run directory and redoes only
+    its unfinished shards. None outside a flow run."""
+    from prefect.runtime import flow_run
+
+    fid = flow_run.get_id()
+    return f"{name}-fr{str(fid).replace('-', '')[:12]}" if fid else None
 
 
 @flow(name="seeds", flow_run_name="seeds")
@@ -75,6 +88,20 @@ def seeds_stage(run_dir: str) -> list[str]:
 
 
 def _fan_out(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
+    """Run the stage's shards, holding a slot of the host's model-stage concurrency limit
+    (``pool.host_concurrency_limit``) when one is configured."""
+    pool_cfg = RunConfig.model_validate(RunStore.at(run_dir).load_config()).pool
+    if not pool_cfg.host_concurrency_limit:
+        return _fan_out_shards(task, run_dir, stage, shards)
+    import socket
+
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(pool_cfg.host_concurrency_limit.format(host=socket.gethostname()), occupy=1, strict=False):
+        return _fan_out_shards(task, run_dir, stage, shards)
+
+
+def _fan_out_shards(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
     """Submit one task per shard, wait for all, fail the stage if any failed (others kept)."""
     store = RunStore.at(run_dir)
     ensure_ray(RunConfig.model_validate(store.load_config()).pool)  # on this (the flow's) thread, not a task's

@@ -112,6 +112,9 @@ class VLLMBackend(_Model):
     model: str = Field(..., description="Model directory (or hub id where the GPU workers can reach a hub).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine; the actor reserves this many (one node, STRICT_PACK).")
     actors: Optional[int] = Field(None, ge=1, description="Engines for this model; None = pool.actors.")
+    gpus_per_engine: Optional[float] = Field(
+        None, ge=0, description="GPUs Ray reserves per engine; None = tensor_parallel_size (0.5 packs two small engines on a GPU)."
+    )
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Share of each GPU's memory vLLM may take.")
     max_model_len: Optional[int] = Field(None, ge=256, description="Context length; None = the model's.")
     max_num_seqs: int = Field(256, ge=1, description="Sequences batched together by the engine.")
@@ -135,6 +138,9 @@ class PoolConfig(_Model):
     max_retries: int = Field(2, ge=0, description="Times a batch is retried on a fresh actor after the actor dies or times out.")
     batch_timeout_s: float = Field(600.0, gt=0, description="A batch not answered within this is an infrastructure failure.")
     startup_timeout_s: float = Field(300.0, gt=0, description="Actors must have built their backends within this (else the run fails fast).")
+    host_concurrency_limit: Optional[str] = Field(
+        None, description="Prefect global concurrency limit each model stage holds one slot of while it runs; '{host}' is "
+        "replaced by the host name (create it per GPU host: `prefect gcl create gpu-host-NAME --limit 1`). None: no limit.")
     runtime_env: Optional[dict] = Field(
         None, description="Ray runtime_env of the actors: the GPU workers' own environment ({'pip': [...]} / {'uv': [...]}, "
         "{'image_uri': ...}, env_vars). The driver never imports vLLM; only the actors do.")

@@ -68,12 +68,13 @@ def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
     opts: dict = {"num_cpus": pool_cfg.num_cpus, "num_gpus": pool_cfg.num_gpus}
     if backend_json.get("kind") == "vllm":
         tp = int(backend_json.get("tensor_parallel_size") or 1)
-        opts["num_gpus"] = tp
-        if tp > 1:
+        gpus = backend_json.get("gpus_per_engine")
+        opts["num_gpus"] = tp if gpus is None else gpus
+        if tp > 1 and opts["num_gpus"] >= tp:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            pg = placement_group([{"GPU": tp, "CPU": max(pool_cfg.num_cpus, 1)}], strategy="STRICT_PACK")
+            pg = placement_group([{"GPU": opts["num_gpus"], "CPU": max(pool_cfg.num_cpus, 1)}], strategy="STRICT_PACK")
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
     if pool_cfg.runtime_env:
         opts["runtime_env"] = pool_cfg.runtime_env

@@ -81,6 +81,10 @@ class FaultServer:
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
+    def set_schedule(self, schedule) -> None:
+        with self.lock:
+            self._faults = itertools.cycle(schedule)
+
     def _count(self, what: str) -> None:
         with self.lock:
             self.counts[what] = self.counts.get(what, 0) + 1
