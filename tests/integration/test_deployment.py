@@ -112,7 +112,7 @@ def _markers(run_dir: Path, stage: str) -> dict[str, float]:
 def test_deployment_runs_publish_artifacts_and_a_retry_redoes_only_failed_shards(prefect_server, tmp_path):
     api, run, logs = prefect_server
     dep = _deployment(api)
-    assert dep["concurrency_limit"] == 1 and dep["work_pool_name"] == "sphere-local"
+    assert dep["global_concurrency_limit"]["limit"] == 1 and dep["work_pool_name"] == "sphere-local"
     assert dep["schedules"] and dep["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
 
     data = tmp_path / "data"
