@@ -1,0 +1,98 @@
+"""The vllm backend's real code (infra/backends/vllm.py) on real Ray actors, driven through
+the engine seam with an engine honouring vllm.LLM's contract (tests/support/tiny_llm.py).
+The gpu tier (tests/gpu) runs the same paths on a real vLLM engine."""
+
+import os
+import time
+
+import pytest
+
+from infra.backends.base import BackendUnavailable, GenRequest
+from infra.config import PoolConfig, TinyBackend, VLLMBackend
+from infra.pool import EnginePool, actor_options
+from tests.conftest import ROOT
+
+REQS = [GenRequest(f"Question: Tom has {10 + i} pens. He buys 5 more. How many pens does Tom have now?\nAnswer:\n",
+                   n=2, temperature=0.8, max_tokens=24, stop=("\n\n",), seed=i, logprobs=True) for i in range(6)]
+# the actors run in their own environment: here only PYTHONPATH, so they can import the test engine
+POOL = dict(actors=1, num_cpus=1, max_retries=2, batch_timeout_s=120, startup_timeout_s=120,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "VLLM_DP_RANK": "3", "VLLM_DP_SIZE": "4"}})
+
+
+def _vllm(**kw) -> VLLMBackend:
+    return VLLMBackend(model="policy", engine="tests.support.tiny_llm:TinyLLM", gpus_per_engine=0, **kw)
+
+
+def texts(results):
+    return [[c.text for c in r.completions] for r in results]
+
+
+def test_engine_death_mid_shard_is_retried_on_a_fresh_actor_with_nothing_lost(ray_local, tmp_path):
+    want = texts(EnginePool(TinyBackend(), PoolConfig(actors=1, num_cpus=1)).generate(REQS))
+    marker = tmp_path / "died"
+    pool = EnginePool(_vllm(engine_args={"die_once_file": str(marker)}), PoolConfig(**POOL))
+    try:
+        first = pool.actors[0]
+        got = pool.generate(REQS)
+        assert marker.exists()  # the first engine died on its first batch
+        assert pool.actors[0] is not first  # ... and its actor was replaced
+        assert texts(got) == want  # same samples as the tiny backend: the seam loses nothing
+        assert all(c.logprob is not None and c.completion_tokens > 0 for r in got for c in r.completions)
+    finally:
+        pool.close()
+
+
+def test_out_of_memory_at_start_fails_fast_with_the_engines_message(ray_local):
+    t = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="out of GPU memory: ValueError: No available memory for the cache blocks"):
+        EnginePool(_vllm(engine_args={"oom_at_start": True}), PoolConfig(**POOL))
+    assert time.monotonic() - t < 60  # an error, not a wait for startup_timeout_s
+
+
+def test_actor_options_size_engines_by_tensor_parallelism(ray_local):
+    pool = PoolConfig(num_cpus=2, runtime_env={"pip": ["vllm>=0.32"]})
+    one = actor_options(VLLMBackend(model="m").model_dump(), pool)
+    assert one["num_gpus"] == 1 and one["runtime_env"] == {"pip": ["vllm>=0.32"]} and "scheduling_strategy" not in one
+    half = actor_options(VLLMBackend(model="m", gpus_per_engine=0.5).model_dump(), pool)
+    assert half["num_gpus"] == 0.5
+    tp = actor_options(VLLMBackend(model="m", tensor_parallel_size=4).model_dump(), pool)
+    pg = tp["scheduling_strategy"].placement_group
+    try:
+        assert tp["num_gpus"] == 4 and pg.bundle_specs == [{"GPU": 4.0, "CPU": 2.0}]
+    finally:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+
+
+def test_data_parallel_variables_are_cleared_before_the_engine_starts(monkeypatch):
+    from infra.backends.vllm import VLLMGenerator
+
+    monkeypatch.setenv("VLLM_DP_RANK", "1")
+    monkeypatch.setenv("VLLM_DP_MASTER_PORT", "29500")
+    VLLMGenerator(_vllm())
+    assert not [k for k in os.environ if k.startswith("VLLM_DP_")]
+
+
+def test_a_missing_vllm_install_is_a_clear_error():
+    from infra.backends.vllm import VLLMGenerator
+
+    with pytest.raises(BackendUnavailable, match="GPU workers' environment"):
+        VLLMGenerator(VLLMBackend(model="m", engine="vllm_not_installed_here:LLM"))
+
+
+def test_a_pipeline_on_the_vllm_backend_makes_the_same_chains_as_tiny(prefect_api, ray_local, tmp_path):
+    from flows.pipeline import sphere_run
+    from infra.storage import RunStore
+
+    common = {"seeds.n": 6, "self_correction.enabled": False, "diversity.enabled": False, "metrics.enabled": False,
+              "pool.actors": 1}
+    sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="tiny", data_root=str(tmp_path), overrides=common)
+    sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="vllm", data_root=str(tmp_path),
+               overrides={**common, "policy": _vllm(engine_args={"die_once_file": str(tmp_path / "died")}).model_dump(),
+                          "pool.runtime_env": POOL["runtime_env"]})
+    rows = {r: sorted((c["problem_id"], c["branch"], c["text"], c["correct"])
+                      for c in RunStore(tmp_path, r).read_table("chains").to_pylist()) for r in ("tiny", "vllm")}
+    assert rows["vllm"] == rows["tiny"] and len(rows["tiny"]) == 12
+    assert (tmp_path / "died").exists()
+    assert {c["model"] for c in RunStore(tmp_path, "vllm").read_table("chains").to_pylist()} == {"vllm:policy"}
