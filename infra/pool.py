@@ -100,6 +100,12 @@ class BackendActor:
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return self.backend.generate(requests)
 
+    def reward(self, texts: list[str]) -> list[list[float]]:
+        """Per-token rewards from a reward/pooling model (vllm backend with ``task: reward``)."""
+        if not hasattr(self.backend, "reward"):
+            raise InvalidRequest(f"{self.backend.model_name} does not serve rewards")
+        return self.backend.reward(texts)
+
     def crash(self) -> None:
         """Kill this worker process (used by tests to prove the pool recovers)."""
         os._exit(1)
@@ -151,6 +157,14 @@ class EnginePool:
                 self._start([self.actors[i]])
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Generation, split across the actors (order kept, failed chunks resent)."""
+        return self._call("generate", requests)
+
+    def reward(self, texts: list[str]) -> list[list[float]]:
+        """Per-token rewards of ``texts`` from a reward model pool (same retry path)."""
+        return self._call("reward", texts)
+
+    def _call(self, method: str, requests: list) -> list:
         if not requests:
             return []
         k = len(self.actors)
@@ -158,7 +172,7 @@ class EnginePool:
         chunks = [(i, requests[i * size : (i + 1) * size]) for i in range(k) if requests[i * size : (i + 1) * size]]
         out: dict[int, list[GenResult]] = {}
         attempts = {i: 0 for i, _ in chunks}
-        pending = {i: (self.actors[i], self.actors[i].generate.remote(c)) for i, c in chunks}
+        pending = {i: (self.actors[i], getattr(self.actors[i], method).remote(c)) for i, c in chunks}
         while pending:
             i, (actor, ref) = next(iter(pending.items()))
             try:
@@ -182,7 +196,7 @@ class EnginePool:
             log.warning("engine pool: %s; retrying chunk %d on a fresh actor (attempt %d)", reason, i, attempts[i])
             self._replace(i, actor)
             chunk = dict(chunks)[i]
-            pending[i] = (self.actors[i], self.actors[i].generate.remote(chunk))
+            pending[i] = (self.actors[i], getattr(self.actors[i], method).remote(chunk))
         return [r for i, _ in chunks for r in out[i]]
 
     def close(self) -> None:

@@ -96,3 +96,16 @@ def test_a_pipeline_on_the_vllm_backend_makes_the_same_chains_as_tiny(prefect_ap
     assert rows["vllm"] == rows["tiny"] and len(rows["tiny"]) == 12
     assert (tmp_path / "died").exists()
     assert {c["model"] for c in RunStore(tmp_path, "vllm").read_table("chains").to_pylist()} == {"vllm:policy"}
+
+
+def test_a_reward_model_pool_serves_per_token_rewards(ray_local):
+    pool = EnginePool(_vllm(task="reward", actors=2), PoolConfig(**POOL))
+    try:
+        assert len(pool.actors) == 2  # sized by the backend's own `actors`
+        texts = [f"Tom has {k} pens. He buys 5 more, so {k}+5={k + 5}." for k in range(5)]
+        got = pool.reward(texts)
+        assert len(got) == 5 and all(len(r) > 5 and all(v <= 0 for v in r) for r in got)
+        with pytest.raises(Exception, match="serves task 'reward', not generation"):
+            pool.generate(REQS[:1])
+    finally:
+        pool.close()

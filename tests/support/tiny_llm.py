@@ -94,3 +94,35 @@ class TinyLLM:
                     next(iter(sp.stop or [""]), None) if stop_hit else None))
             outs.append(RequestOutput(str(k), p, list(range(res.prompt_tokens)), comps))
         return outs
+
+
+@dataclass
+class _Pooled:
+    data: object
+
+
+@dataclass
+class PoolingRequestOutput:
+    prompt: str
+    outputs: _Pooled
+
+
+def _reward(self, prompts, use_tqdm: bool = False):
+    """``LLM.reward``'s contract: one output per prompt with ``outputs.data`` = per-token
+    values (here: each token's log-prob under the tiny model, a stand-in score)."""
+    import numpy as np
+    import torch
+
+    out = []
+    for p in prompts:
+        ids = self.gen.tok.encode(p)
+        T = len(ids)
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None]
+        with torch.no_grad():
+            logits = self.gen.model(torch.tensor([ids]), torch.arange(T)[None], mask)[0][0]
+        lp = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+        out.append(PoolingRequestOutput(p, _Pooled(np.asarray(lp, dtype=np.float32))))
+    return out
+
+
+TinyLLM.reward = _reward
