@@ -148,6 +148,9 @@ def run(
     Console().print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
     Console().print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"))
     _print_qdc(summary["run_dir"])
+    report_path = Path(summary["run_dir"]) / "report.html"
+    if report_path.is_file():
+        Console().print(f"report: {report_path}  (sphere report {run_id} --compare OTHER_RUN to compare runs)")
     Console().print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
 
 
