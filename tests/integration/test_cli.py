@@ -11,7 +11,7 @@ from infra.schemas import from_rows
 from infra.storage import RunStore
 
 runner = CliRunner()
-COMMANDS = ["run", "rerun", "export", "query", "check-config"]
+COMMANDS = ["run", "rerun", "export", "query", "report", "sweep", "server", "check-config"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -61,3 +61,17 @@ def test_query_errors_are_clear(small_catalog, tmp_path):
     assert res.exit_code == 1 and "query failed" in res.stderr
     res = runner.invoke(app, ["query", "select 1", "--data-root", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "sphere run" in res.stderr
+
+
+def test_report_of_a_run_without_metrics_says_what_to_do(small_catalog):
+    RunStore(small_catalog, "r1").save_config({})
+    res = runner.invoke(app, ["report", "r1", "--data-root", str(small_catalog)])
+    assert res.exit_code == 1 and "has no metrics yet" in res.stderr and "--resume r1" in res.stderr
+    res = runner.invoke(app, ["report", "nope", "--data-root", str(small_catalog)])
+    assert res.exit_code == 2 and "not found" in res.stderr
+
+
+def test_sweep_with_a_field_that_is_not_in_the_config_stops_before_any_work(tmp_path):
+    res = runner.invoke(app, ["sweep", "configs/quickstart.yaml", "--grid", "search.nope=1,2", "--data-root", str(tmp_path)])
+    assert res.exit_code == 2 and "search.nope" in res.stderr
+    assert not (tmp_path / "runs").exists()
