@@ -251,7 +251,13 @@ def _run_stages(run_dir: str) -> dict:
     summary = summarize(run_dir)
     _publish(summary)
     if cfg.metrics.enabled:
-        _publish_report(run_dir)
+        try:
+            summary["report"] = str(_publish_report(run_dir))
+        except Exception as e:  # the data and metrics are committed; a plotting failure must not fail the run
+            from prefect import get_run_logger
+
+            get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, store.run_id)
+            summary["report_error"] = f"{type(e).__name__}: {e}"
     return summary
 
 
