@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.pipeline import new_run_id, prepare_run, sphere_run
+from flows.pipeline import new_run_id, sphere_run
 from infra.config import load_config
 
 
@@ -55,7 +55,6 @@ def sphere_sweep(config_path: str, grid: dict[str, list], sweep_id: str, data_ro
             run_id = f"{sweep_id}-{i:02d}"
             record["runs"].append({"run_id": run_id, "overrides": point})
             record_path.write_text(json.dumps(record, indent=2))
-        prepare_run(config_path, run_id, str(root), {**(overrides or {}), **point})
         sphere_run(config_path=config_path, run_id=run_id, data_root=str(root), overrides={**(overrides or {}), **point})
     run_dirs = [str(root / "runs" / r["run_id"]) for r in record["runs"]]
     report, runs = build_report(run_dirs, root / "sweeps" / f"{sweep_id}.html")

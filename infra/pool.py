@@ -122,7 +122,7 @@ class EnginePool:
         self.backend_json = backend_cfg.model_dump(mode="json")
         self.cfg = pool_cfg
         self._lock = threading.Lock()
-        self._pgs: list = []
+        self._pgs: dict = {}
         self.actors = [self._spawn() for _ in range(backend_json_actors(self.backend_json, pool_cfg))]
         infos = self._start(self.actors)
         self.model_name = infos[0]["model"]
@@ -130,9 +130,24 @@ class EnginePool:
 
     def _spawn(self):
         opts = actor_options(self.backend_json, self.cfg)
-        if "scheduling_strategy" in opts:
-            self._pgs.append(opts["scheduling_strategy"].placement_group)
-        return BackendActor.options(**opts).remote(self.backend_json)
+        actor = BackendActor.options(**opts).remote(self.backend_json)
+        if "scheduling_strategy" in opts:  # the actor's GPU reservation, released with it
+            self._pgs[actor] = opts["scheduling_strategy"].placement_group
+        return actor
+
+    def _kill(self, actor) -> None:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already dead
+            pass
+        pg = self._pgs.pop(actor, None)
+        if pg is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
 
     def _start(self, actors) -> list[dict]:
         """Wait for actors to build their backends; fail fast with the backend's message."""
@@ -149,10 +164,7 @@ class EnginePool:
     def _replace(self, i: int, old) -> None:
         with self._lock:
             if self.actors[i] is old:
-                try:
-                    ray.kill(old, no_restart=True)
-                except Exception:  # already dead
-                    pass
+                self._kill(old)
                 self.actors[i] = self._spawn()
                 self._start([self.actors[i]])
 
@@ -201,19 +213,8 @@ class EnginePool:
 
     def close(self) -> None:
         for a in self.actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:
-                pass
+            self._kill(a)
         self.actors = []
-        for pg in self._pgs:
-            try:
-                from ray.util.placement_group import remove_placement_group
-
-                remove_placement_group(pg)
-            except Exception:
-                pass
-        self._pgs = []
 
 
 _POOLS: dict[str, EnginePool] = {}

@@ -216,9 +216,7 @@ class OpenAIGenerator:
                 out = await self._attempt(client, limiter, path, body)
                 try:
                     comp, prompt_tokens = self._parse(r, out)
-                except _Retry as e:
-                    raise e
-                except (KeyError, IndexError, TypeError, ValueError) as e:
+                except (KeyError, IndexError, TypeError, ValueError) as e:  # a well-formed JSON body of the wrong shape
                     raise _Retry(f"malformed response: {type(e).__name__}: {e}") from None
                 self.usage.prompt_tokens += prompt_tokens
                 self.usage.completion_tokens += comp.completion_tokens
