@@ -172,6 +172,9 @@ class ScorerConfig(_Model):
     prm_url: str = Field("http://127.0.0.1:8001", description="prm: base URL of the vLLM server (the scorer POSTs to {prm_url}/pooling).")
     prm_model: str = Field("Qwen/Qwen2.5-Math-PRM-7B", description="prm: model name the endpoint serves.")
     prm_timeout_s: float = Field(120.0, gt=0, description="prm: per-request timeout.")
+    prm_backend: Optional[VLLMBackend] = Field(
+        None, description="prm: serve the PRM in process on a pool of Ray GPU actors (a vllm backend with task: reward) "
+        "instead of calling prm_url.")
     rollouts: int = Field(4, ge=1, le=64, description="rollout: completions per candidate step (k).")
     rollout_temperature: float = Field(0.8, ge=0, description="rollout: sampling temperature of the completions.")
     rollout_max_tokens: int = Field(160, ge=8, description="rollout: token budget of one completion to the end.")

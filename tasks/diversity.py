@@ -78,7 +78,7 @@ def diversify_shard(run_dir: str, shard: str) -> str:
     def compute(worklist, pool):
         search = small_search_config(cfg)
         return diversify(
-            worklist, pool.generate, build_scorer(cfg.scorer, pool.generate, search, cfg.seed), cfg, run_id=ctx.run_id,
+            worklist, pool.generate, build_scorer(cfg.scorer, pool.generate, search, cfg.seed, cfg.pool), cfg, run_id=ctx.run_id,
             model=pool.model_name, template=load_template(cfg.generation.prompt_template), config_hash=cfg.stage_hash(*SECTIONS),
         )
 

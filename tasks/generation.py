@@ -131,7 +131,7 @@ def generate_shard(run_dir: str, shard: str) -> str:
     problems = ctx.store.read_part("problems", "seeds", shard)
     pool = get_pool(ctx.cfg.policy, ctx.cfg.pool)
     chains = self_generate(
-        problems, pool.generate, build_scorer(ctx.cfg.scorer, pool.generate, ctx.cfg.search, ctx.cfg.seed), ctx.cfg,
+        problems, pool.generate, build_scorer(ctx.cfg.scorer, pool.generate, ctx.cfg.search, ctx.cfg.seed, ctx.cfg.pool), ctx.cfg,
         run_id=ctx.run_id, model=pool.model_name,
         template=load_template(ctx.cfg.generation.prompt_template), config_hash=ctx.cfg.stage_hash(*STAGE_SECTIONS),
     )

@@ -1,4 +1,6 @@
-"""``prm`` step scorer: a process reward model behind an OpenAI-compatible pooling endpoint.
+"""``prm`` step scorer: a process reward model behind an OpenAI-compatible pooling endpoint,
+or on a reward pool of Ray GPU actors (``scorer.prm_backend``: ``pool_fn`` = ``EnginePool.reward``,
+which returns the same per-tag [negative, positive] rows as ``/pooling``).
 
 Serve e.g. Qwen2.5-Math-PRM-7B with vLLM (``vllm serve Qwen/Qwen2.5-Math-PRM-7B --task
 reward``; STEP pooling on ``<extra_0>``, softmax over [negative, positive]). For each
@@ -24,19 +26,24 @@ QWEN_PRM_TEMPLATE = (
 class PRMScorer:
     name = "prm"
 
-    def __init__(self, base_url: str, model: str, *, template: str = QWEN_PRM_TEMPLATE, step_tag: str = "<extra_0>",
-                 timeout_s: float = 120.0, batch_size: int = 64, api_key_env: str = "SPHERE_PRM_API_KEY"):
-        import httpx
-
-        headers = {"Authorization": f"Bearer {os.environ[api_key_env]}"} if os.environ.get(api_key_env) else {}
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
+    def __init__(self, base_url: str | None = None, model: str | None = None, *, template: str = QWEN_PRM_TEMPLATE,
+                 step_tag: str = "<extra_0>", timeout_s: float = 120.0, batch_size: int = 64,
+                 api_key_env: str = "SPHERE_PRM_API_KEY", pool_fn=None):
         self.model, self.template, self.tag, self.batch_size = model, template, step_tag, batch_size
+        self.pool_fn = pool_fn
+        if pool_fn is None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {os.environ[api_key_env]}"} if os.environ.get(api_key_env) else {}
+            self.client = httpx.Client(base_url=(base_url or "").rstrip("/"), timeout=timeout_s, headers=headers)
 
     def render(self, item: ScoreItem, candidate: str) -> str:
         steps = "".join(f"{s}{self.tag}" for s in (*item.prefix_steps, candidate))
         return self.template.format(question=item.question, steps=steps)
 
     def _pool(self, texts: list[str]) -> list[list[list[float]]]:
+        if self.pool_fn is not None:
+            return self.pool_fn(texts)
         import httpx
 
         try:

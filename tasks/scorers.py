@@ -201,23 +201,29 @@ class RolloutScorer:
 
 
 SCORERS = {
-    "arithmetic": lambda cfg, generate, search, seed: ArithmeticScorer(cfg.ungrounded_score),
-    "logprob": lambda cfg, generate, search, seed: LogprobScorer(),
-    "prm": lambda cfg, generate, search, seed: _prm(cfg),
-    "rollout": lambda cfg, generate, search, seed: RolloutScorer(
+    "arithmetic": lambda cfg, generate, search, seed, pool_cfg: ArithmeticScorer(cfg.ungrounded_score),
+    "logprob": lambda cfg, generate, search, seed, pool_cfg: LogprobScorer(),
+    "prm": lambda cfg, generate, search, seed, pool_cfg: _prm(cfg, pool_cfg),
+    "rollout": lambda cfg, generate, search, seed, pool_cfg: RolloutScorer(
         generate, k=cfg.rollouts, temperature=cfg.rollout_temperature, max_tokens=cfg.rollout_max_tokens,
         separator=search.step_separator, seed=seed,
     ),
 }
 
 
-def _prm(cfg) -> StepScorer:
+def _prm(cfg, pool_cfg) -> StepScorer:
     from tasks.prm import PRMScorer
 
+    if cfg.prm_backend is not None:  # the PRM on a reward pool of Ray actors
+        from infra.config import PoolConfig
+        from infra.pool import get_pool
+
+        pool = get_pool(cfg.prm_backend, pool_cfg or PoolConfig())
+        return PRMScorer(pool_fn=pool.reward)
     return PRMScorer(cfg.prm_url, cfg.prm_model, timeout_s=cfg.prm_timeout_s)
 
 
-def build_scorer(cfg, generate=None, search=None, seed: int = 0) -> StepScorer:
+def build_scorer(cfg, generate=None, search=None, seed: int = 0, pool_cfg=None) -> StepScorer:
     """The step scorer named by ``cfg.kind`` (explicit mapping). ``generate`` is the policy,
-    needed by scorers that sample (rollout)."""
-    return SCORERS[cfg.kind](cfg, generate, search, seed)
+    needed by scorers that sample (rollout); ``pool_cfg`` places a PRM's reward pool."""
+    return SCORERS[cfg.kind](cfg, generate, search, seed, pool_cfg)

@@ -94,7 +94,7 @@ def self_correct_shard(run_dir: str, shard: str) -> str:
 
     def compute(worklist, pool):
         return self_correct(
-            worklist, pool.generate, build_scorer(cfg.scorer, pool.generate, cfg.search, cfg.seed), cfg,
+            worklist, pool.generate, build_scorer(cfg.scorer, pool.generate, cfg.search, cfg.seed, cfg.pool), cfg,
             run_id=ctx.run_id, model=pool.model_name, review=load_template(cfg.self_correction.prompt_template),
             solve=load_template(cfg.generation.prompt_template), config_hash=cfg.stage_hash(*SECTIONS),
         )

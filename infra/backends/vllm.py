@@ -139,8 +139,9 @@ class VLLMGenerator:
             comps.append(Completion(c.text, finish, len(c.token_ids), None if lp is None else float(lp)))
         return GenResult(comps, len(out.prompt_token_ids or []), {"model": self.model_name})
 
-    def reward(self, texts: list[str]) -> list[list[float]]:
-        """Per-token reward vectors of a PRM (``task: reward``), flattened per text."""
+    def reward(self, texts: list) -> list:
+        """Each text's pooled reward output as nested lists (``task: reward``): for a PRM with
+        STEP pooling, one [negative, positive] row per step tag, as vLLM's /pooling returns."""
         if self.cfg.task != "reward":
             raise InvalidRequest(f"{self.model_name} serves task {self.cfg.task!r}, not reward")
         try:
@@ -148,7 +149,9 @@ class VLLMGenerator:
         except Exception as e:  # noqa: BLE001
             self.dead = f"{type(e).__name__}: {e}"
             raise BackendUnavailable(f"vLLM engine died mid-batch: {self.dead}") from None
-        return [[float(x) for x in getattr(o.outputs, "data", o.outputs).flatten().tolist()] for o in outs]
+        import numpy as np
+
+        return [np.asarray(getattr(o.outputs, "data", o.outputs), dtype=np.float64).tolist() for o in outs]
 
     def close(self) -> None:
         self.llm = None

@@ -109,3 +109,38 @@ def test_a_reward_model_pool_serves_per_token_rewards(ray_local):
             pool.generate(REQS[:1])
     finally:
         pool.close()
+
+
+def test_prm_scorer_on_a_reward_pool_reads_the_step_pooling_rows(ray_local):
+    from infra.config import ScorerConfig
+    from tasks.scorers import ScoreItem, build_scorer
+
+    cfg = ScorerConfig(kind="prm", prm_backend=_vllm(task="reward", engine_args={"step_tag": "<extra_0>"}))
+    scorer = build_scorer(cfg, pool_cfg=PoolConfig(**POOL))
+    q = "Tom has 12 pens. He buys 7 more. How many pens does Tom have now?"
+    items = [ScoreItem(question=q, gold="19", prompt=q, prefix_steps=(),
+                       candidates=("He buys 7 more, so 12+7=19.", "zq xv qq zz zz kk", ""))]
+    from infra.pool import close_pools
+
+    try:
+        (good, bad, empty), = scorer.score_batch(items)
+    finally:
+        close_pools()  # the scorer's pool is the process's cached reward pool
+    assert 0.0 <= bad < good <= 1.0 and empty is None
+
+
+def test_a_run_scored_by_a_prm_on_a_reward_pool(prefect_api, ray_local, tmp_path):
+    from flows.pipeline import sphere_run
+    from infra.storage import RunStore
+
+    prm = _vllm(task="reward", engine_args={"step_tag": "<extra_0>"}).model_dump()
+    sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="prm", data_root=str(tmp_path),
+               # one policy actor + one PRM actor: the two CPUs of the test's Ray
+               overrides={"seeds.n": 3, "scorer.kind": "prm", "scorer.prm_backend": prm, "pool.runtime_env": POOL["runtime_env"],
+                          "pool.actors": 1, "pool.startup_timeout_s": 120,
+                          "self_correction.enabled": False, "diversity.enabled": False, "metrics.enabled": False})
+    chains = RunStore(tmp_path, "prm").read_table("chains").to_pylist()
+    assert len(chains) == 6 and {c["scorer"] for c in chains} == {"prm"}
+    # step scores are the stand-in PRM's P(positive), not the arithmetic scorer's 0/0.5/1
+    scores = [s for c in chains for s in c["step_scores"]]
+    assert scores and all(0.0 <= s <= 1.0 for s in scores) and not set(scores) <= {0.0, 0.25, 0.5, 1.0}

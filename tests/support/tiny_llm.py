@@ -55,7 +55,7 @@ class EngineDeadError(RuntimeError):
 
 class TinyLLM:
     def __init__(self, model: str = "policy", gpu_memory_utilization: float = 0.9, oom_at_start: bool = False,
-                 die_once_file: str | None = None, **_ignored):
+                 die_once_file: str | None = None, step_tag: str | None = None, **_ignored):
         if oom_at_start:
             raise ValueError("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
                              "when initializing the engine.")
@@ -68,6 +68,7 @@ class TinyLLM:
             open(die_once_file, "w").close()
             self.die = True
         self.calls = 0
+        self.step_tag = step_tag
 
     def get_tokenizer(self):
         return self.gen.tok
@@ -107,21 +108,37 @@ class PoolingRequestOutput:
     outputs: _Pooled
 
 
-def _reward(self, prompts, use_tqdm: bool = False):
-    """``LLM.reward``'s contract: one output per prompt with ``outputs.data`` = per-token
-    values (here: each token's log-prob under the tiny model, a stand-in score)."""
-    import numpy as np
+def _token_logprobs(self, text: str):
     import torch
+
+    ids = self.gen.tok.encode(text)
+    T = len(ids)
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None]
+    with torch.no_grad():
+        logits = self.gen.model(torch.tensor([ids]), torch.arange(T)[None], mask)[0][0]
+    return torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+
+
+def _reward(self, prompts, use_tqdm: bool = False):
+    """``LLM.reward``'s contract: one output per prompt with ``outputs.data``. Without
+    ``step_tag`` (engine_args): each token's log-prob under the tiny model. With it, vLLM's
+    STEP pooling shape: one [negative, positive] row per tag, positive = the tiny model's
+    geometric-mean token probability of the step before the tag (a stand-in PRM)."""
+    import numpy as np
 
     out = []
     for p in prompts:
-        ids = self.gen.tok.encode(p)
-        T = len(ids)
-        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None]
-        with torch.no_grad():
-            logits = self.gen.model(torch.tensor([ids]), torch.arange(T)[None], mask)[0][0]
-        lp = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
-        out.append(PoolingRequestOutput(p, _Pooled(np.asarray(lp, dtype=np.float32))))
+        if self.step_tag:
+            steps = p.split(self.step_tag)[:-1]
+            rows = []
+            for k, step in enumerate(steps):
+                lp = _token_logprobs(self, (steps[k - 1] if k else "") + step)
+                pos = float(np.exp(lp[-max(1, len(step.split())):].mean())) if len(lp) else 0.0
+                rows.append([1.0 - pos, pos])
+            data = np.asarray(rows, dtype=np.float32).reshape(-1, 2)
+        else:
+            data = np.asarray(_token_logprobs(self, p), dtype=np.float32)
+        out.append(PoolingRequestOutput(p, _Pooled(data)))
     return out
 
 
