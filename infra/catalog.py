@@ -22,6 +22,16 @@ class CatalogError(RuntimeError):
     """The catalog is missing, or a query against it failed."""
 
 
+def sql_string(path: Path | str) -> str:
+    """A path as a single-quoted SQL string literal (quotes doubled)."""
+    return "'" + Path(path).as_posix().replace("'", "''") + "'"
+
+
+def sql_list(paths) -> str:
+    """Paths as a DuckDB list literal, for ``read_parquet([...])``."""
+    return "[" + ", ".join(sql_string(p) for p in paths) + "]"
+
+
 def catalog_path(data_root: Path) -> Path:
     return Path(data_root) / CATALOG_FILE
 
@@ -37,8 +47,8 @@ def refresh(data_root: Path) -> Path:
     con = duckdb.connect(str(path))
     try:
         for name in SCHEMAS:
-            glob = (root / "runs" / "*" / name / "**" / "part-*.parquet").as_posix().replace("'", "''")
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
+            glob = sql_string(root / "runs" / "*" / name / "**" / "part-*.parquet")
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)")
     finally:
         con.close()
     return path

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from infra.catalog import sql_list, sql_string
 from infra.schemas import from_rows
 from tasks.embed import hashed_ngrams
 from tasks.scorers import step_verdict
@@ -313,9 +314,6 @@ class StageStats:
         return out
 
 
-def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in paths) + "]"
-
 
 def _stream_groups(readers, key: tuple[str, ...]):
     """Yield lists of consecutive rows sharing ``key`` from a sequence of RecordBatchReaders
@@ -408,7 +406,7 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
                 writer(pa.table({"chain_id": ids, "stage": stages, "embedding": emb}))
 
         batcher = _Batcher(embedder, mcfg.batch_rows, on_groups)
-        readers = (con.sql(sql.format(src=_sql_list([p]))).to_arrow_reader(mcfg.batch_rows) for p in parts)
+        readers = (con.sql(sql.format(src=sql_list([p]))).to_arrow_reader(mcfg.batch_rows) for p in parts)
         for group in _stream_groups(readers, ("stage", "problem_id")):
             batcher.add(group)
         batcher.flush()
@@ -418,7 +416,7 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
     problems = store.committed_parts("problems")
     if chains:
         if problems:
-            con.execute(f"CREATE TEMP TABLE ops AS SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({_sql_list(problems)}) GROUP BY 1")
+            con.execute(f"CREATE TEMP TABLE ops AS SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({sql_list(problems)}) GROUP BY 1")
         ops = "LEFT JOIN ops p USING (problem_id)" if problems else ""
         sql = (f"SELECT c.stage, c.problem_id, c.chain_id, c.text, c.steps, c.step_scores, c.n_steps, c.correct, c.verdict, "
                f"c.completion_tokens, {'p.n_ops' if problems else 'NULL AS n_ops'} "
@@ -438,7 +436,7 @@ def compute_metrics(store, cfg, embedder) -> pa.Table:
             pw.close()
             tmp.replace(emb_path)
     has_emb = emb_path.is_file()
-    emb_join = f"LEFT JOIN read_parquet('{emb_path.as_posix()}') e ON e.chain_id = " if has_emb else ""
+    emb_join = f"LEFT JOIN read_parquet({sql_string(emb_path)}) e ON e.chain_id = " if has_emb else ""
 
     pairs = store.committed_parts("pairs")
     bad = _quarantined_pairs(con, store)
@@ -468,7 +466,7 @@ def _quarantined_pairs(con, store) -> dict[str, int]:
     if not parts:
         return {}
     sql = (f"SELECT CASE WHEN stage = 'routing' THEN 'generation' ELSE stage END AS s, count(*) AS n "
-           f"FROM read_parquet({_sql_list(parts)}) WHERE \"table\" = 'pairs' GROUP BY 1")
+           f"FROM read_parquet({sql_list(parts)}) WHERE \"table\" = 'pairs' GROUP BY 1")
     return {s: n for s, n in con.execute(sql).fetchall()}
 
 

@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.catalog import sql_list
 from infra.storage import RunStore
 
 KEY_METRICS = (
@@ -65,9 +66,6 @@ class RunData:
         return None
 
 
-def _sql_list(paths) -> str:
-    return "[" + ", ".join("'" + Path(p).as_posix().replace("'", "''") + "'" for p in paths) + "]"
-
 
 def load_run(run_dir: str | Path) -> RunData:
     import duckdb
@@ -80,7 +78,7 @@ def load_run(run_dir: str | Path) -> RunData:
     con = duckdb.connect()
     metrics: dict[tuple[str, str], dict[str, float]] = {}
     counts: dict[tuple[str, str], int] = {}
-    for stage, table, metric, value, n in con.sql(f"SELECT stage, \"table\", metric, value, n FROM read_parquet({_sql_list(parts)})").fetchall():
+    for stage, table, metric, value, n in con.sql(f"SELECT stage, \"table\", metric, value, n FROM read_parquet({sql_list(parts)})").fetchall():
         metrics.setdefault((stage, table), {})[metric] = value
         counts[(stage, table)] = n
     s = cfg["search"]
@@ -90,7 +88,7 @@ def load_run(run_dir: str | Path) -> RunData:
     data = RunData(store.run_id, str(store.run_dir), f"{store.run_id}", metrics, counts, settings=settings)
     chains = store.committed_parts("chains")
     if chains:
-        src = f"read_parquet({_sql_list(chains)})"
+        src = f"read_parquet({sql_list(chains)})"
         for col, expr in (("steps", "n_steps"), ("tokens", "(completion_tokens // 4) * 4")):
             for stage, v, k in con.sql(f"SELECT stage, {expr} AS v, count(*) FROM {src} GROUP BY 1, 2 ORDER BY 1, 2").fetchall():
                 data.hist.setdefault(col, {}).setdefault(stage, []).append((float(v), k))
@@ -100,13 +98,13 @@ def load_run(run_dir: str | Path) -> RunData:
         problems = store.committed_parts("problems")
         if problems:
             q = (f"SELECT c.stage, p.n_ops, avg(c.correct::INT), count(*) FROM {src} c JOIN "
-                 f"(SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({_sql_list(problems)}) GROUP BY 1) p USING (problem_id) "
+                 f"(SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({sql_list(problems)}) GROUP BY 1) p USING (problem_id) "
                  "WHERE p.n_ops IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2")
             for stage, ops, acc, k in con.sql(q).fetchall():
                 data.by_difficulty.setdefault(stage, []).append((int(ops), float(acc), int(k)))
     routes = store.committed_parts("routes")
     if routes:
-        data.routes = dict(con.sql(f"SELECT route, count(*) FROM read_parquet({_sql_list(routes)}) GROUP BY 1 ORDER BY 1").fetchall())
+        data.routes = dict(con.sql(f"SELECT route, count(*) FROM read_parquet({sql_list(routes)}) GROUP BY 1 ORDER BY 1").fetchall())
     con.close()
     return data
 

@@ -49,6 +49,17 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
 
 
+@dataclass
+class _Pooled:
+    data: object
+
+
+@dataclass
+class PoolingRequestOutput:
+    prompt: str
+    outputs: _Pooled
+
+
 class EngineDeadError(RuntimeError):
     pass
 
@@ -96,50 +107,34 @@ class TinyLLM:
             outs.append(RequestOutput(str(k), p, list(range(res.prompt_tokens)), comps))
         return outs
 
+    def _token_logprobs(self, text: str):
+        import torch
 
-@dataclass
-class _Pooled:
-    data: object
+        ids = self.gen.tok.encode(text)
+        T = len(ids)
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None]
+        with torch.no_grad():
+            logits = self.gen.model(torch.tensor([ids]), torch.arange(T)[None], mask)[0][0]
+        return torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
 
+    def reward(self, prompts, use_tqdm: bool = False):
+        """``LLM.reward``'s contract: one output per prompt with ``outputs.data``. Without
+        ``step_tag`` (engine_args): each token's log-prob under the tiny model. With it, vLLM's
+        STEP pooling shape: one [negative, positive] row per tag, positive = the tiny model's
+        geometric-mean token probability of the step before the tag (a stand-in PRM)."""
+        import numpy as np
 
-@dataclass
-class PoolingRequestOutput:
-    prompt: str
-    outputs: _Pooled
-
-
-def _token_logprobs(self, text: str):
-    import torch
-
-    ids = self.gen.tok.encode(text)
-    T = len(ids)
-    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))[None, None]
-    with torch.no_grad():
-        logits = self.gen.model(torch.tensor([ids]), torch.arange(T)[None], mask)[0][0]
-    return torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
-
-
-def _reward(self, prompts, use_tqdm: bool = False):
-    """``LLM.reward``'s contract: one output per prompt with ``outputs.data``. Without
-    ``step_tag`` (engine_args): each token's log-prob under the tiny model. With it, vLLM's
-    STEP pooling shape: one [negative, positive] row per tag, positive = the tiny model's
-    geometric-mean token probability of the step before the tag (a stand-in PRM)."""
-    import numpy as np
-
-    out = []
-    for p in prompts:
-        if self.step_tag:
-            steps = p.split(self.step_tag)[:-1]
-            rows = []
-            for k, step in enumerate(steps):
-                lp = _token_logprobs(self, (steps[k - 1] if k else "") + step)
-                pos = float(np.exp(lp[-max(1, len(step.split())):].mean())) if len(lp) else 0.0
-                rows.append([1.0 - pos, pos])
-            data = np.asarray(rows, dtype=np.float32).reshape(-1, 2)
-        else:
-            data = np.asarray(_token_logprobs(self, p), dtype=np.float32)
-        out.append(PoolingRequestOutput(p, _Pooled(data)))
-    return out
-
-
-TinyLLM.reward = _reward
+        out = []
+        for p in prompts:
+            if self.step_tag:
+                steps = p.split(self.step_tag)[:-1]
+                rows = []
+                for k, step in enumerate(steps):
+                    lp = self._token_logprobs((steps[k - 1] if k else "") + step)
+                    pos = float(np.exp(lp[-max(1, len(step.split())):].mean())) if len(lp) else 0.0
+                    rows.append([1.0 - pos, pos])
+                data = np.asarray(rows, dtype=np.float32).reshape(-1, 2)
+            else:
+                data = np.asarray(self._token_logprobs(p), dtype=np.float32)
+            out.append(PoolingRequestOutput(p, _Pooled(data)))
+        return out
