@@ -99,7 +99,7 @@ sys.path.insert(0, {root!r})
 from infra.env import apply_offline_env; apply_offline_env()
 from infra.config import RunConfig
 from infra.storage import RunStore
-from tasks.embed import get_embedder
+from infra.embed import get_embedder
 from tasks.metrics import compute_metrics
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page / 2**20
@@ -113,7 +113,7 @@ def sample():
         peak[0] = max(peak[0], rss()); time.sleep(0.02)
 th = threading.Thread(target=sample, daemon=True); th.start()
 t = time.perf_counter()
-m = compute_metrics(RunStore.at({run_dir!r}), cfg, emb)
+m = compute_metrics(RunStore.at({run_dir!r}), cfg.metrics, cfg.dedup, emb)
 seconds = time.perf_counter() - t
 stop.set(); th.join()
 print(json.dumps({{"seconds": seconds, "rows": m.num_rows, "rss_before_mb": before, "peak_rss_mb": max(peak[0], rss())}}))

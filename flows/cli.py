@@ -1,24 +1,28 @@
-"""The ``sphere`` command line: run, query (rerun, report and export come with later stages)."""
+"""The ``sphere`` command line: run, rerun, query, report, export, sweep, server, check-config.
+
+Where the data lives, for every command: ``--data-root`` if given, else ``$SPHERE_DATA_ROOT``,
+else the config's ``data_root`` (``run``/``sweep``), else ``data``.
+"""
 
 from __future__ import annotations
 
-from infra.env import apply_offline_env
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
 
-apply_offline_env()
+import typer
+from rich.console import Console
+from rich.table import Table
 
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from infra.config import ConfigError, load_config  # noqa: E402
+from flows import stages as declared
+from infra.config import ConfigError, load_config
+from infra.storage import RunNotFound, RunStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
 console = Console(stderr=True)
+DATA_ROOT_HELP = "Where the runs live (default: $SPHERE_DATA_ROOT, else ./data)."
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
@@ -35,13 +39,8 @@ def _parse_sets(sets: list[str]) -> dict:
     return out
 
 
-QDC_COLUMNS = {"accuracy": "acc", "arith_valid_step_share": "arith ok", "vendi_q1": "vendi q1", "distinct_2": "dist-2",
-               "near_duplicate_rate": "near dup", "strategies_per_problem": "strategies", "steps_per_chain": "steps",
-               "solve_rate": "solve"}
-
-
 def _print_qdc(run_dir: str) -> None:
-    from infra.storage import RunStore
+    from tasks.report import LABELS, RUN_TABLE
 
     rows = RunStore.at(run_dir).read_table("metrics").to_pylist()
     by = {}
@@ -52,10 +51,10 @@ def _print_qdc(run_dir: str) -> None:
         return
     t = Table(title="QDC of chains per stage")
     t.add_column("stage")
-    for label in QDC_COLUMNS.values():
-        t.add_column(label, justify="right")
+    for metric in RUN_TABLE:
+        t.add_column(LABELS[metric], justify="right")
     for stage, vals in sorted(by.items()):
-        t.add_row(stage, *[f"{vals.get(c, float('nan')):.3f}" for c in QDC_COLUMNS])
+        t.add_row(stage, *[f"{vals.get(c, float('nan')):.3f}" for c in RUN_TABLE])
     Console().print(t)
 
 
@@ -96,10 +95,11 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the offline quickstart)."),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run id: finished shards are kept, the rest is redone."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config."),
-    sets: list[str] = typer.Option([], "--set", help="Override any config field: --set search.candidates=8 (repeatable)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
+    sets: list[str] = typer.Option([], "--set", help="Override any config field: --set search.candidates=8 (repeatable); with "
+                                   "--resume, changes the run's stored config (logged to reruns.jsonl) and recomputes what it affects."),
 ) -> None:
-    """Run the whole pipeline: seeds, self-generation, routing, self-correction, diversity induction, SFT."""
+    """Run the whole pipeline: every declared stage in order (see `sphere rerun --help` for the stages)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     overrides = _parse_sets(sets)
@@ -111,15 +111,18 @@ def run(
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
-    root = (data_root or Path(cfg.data_root)).resolve()
+    root = _data_root(data_root, cfg.data_root)
     from flows.pipeline import new_run_id, prepare_run, sphere_run
     from infra import progress
 
-    if resume and not (root / "runs" / resume / "config.json").is_file():
-        console.print(f"[red]run {resume!r} not found under {root / 'runs'}[/red]")
-        raise typer.Exit(2)
+    if resume:
+        _run_dir(resume, root)
     run_id = resume or new_run_id(cfg.name)
-    run_dir = prepare_run(str(path), run_id, str(root), overrides)
+    try:
+        run_dir = prepare_run(str(path), run_id, str(root), overrides)
+    except (ValueError, declared.StageGraphError) as e:  # --set on resume that does not validate, or a stage graph that cannot run
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
     with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, int] = {}
@@ -134,7 +137,7 @@ def run(
             summary = sphere_run(config_path=str(path), run_id=run_id, data_root=str(root), overrides=overrides)
         except Exception as e:
             console.print(f"[red]run {run_id} failed: {type(e).__name__}: {e}[/red]")
-            console.print(f"finished shards are kept; resume with: sphere run --resume {run_id}" + (f" --data-root {root}" if data_root else ""))
+            console.print(f"finished shards are kept; resume with: sphere run --resume {run_id} --data-root {root}")
             raise typer.Exit(1)
         finally:
             progress.install(None)
@@ -157,7 +160,7 @@ def run(
 @app.command()
 def query(
     sql: str = typer.Argument(..., help="SQL over the catalog views: problems, chains, pairs, routes, quarantine, validation."),
-    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the catalog lives."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
 ) -> None:
@@ -167,26 +170,31 @@ def query(
     if fmt not in ("table", "csv", "json", "parquet"):
         raise typer.BadParameter(f"--format must be table, csv, json or parquet, not {fmt!r}")
     try:
-        t = run_query(data_root, sql)
+        t = run_query(_data_root(data_root), sql)
     except CatalogError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)
     _print_table(t, fmt, out)
 
 
-def _run_dir(run_id: str, data_root: Path) -> str:
-    run_dir = data_root.resolve() / "runs" / run_id
-    if not (run_dir / "config.json").is_file():
-        console.print(f"[red]run {run_id!r} not found under {data_root.resolve() / 'runs'}[/red]")
+def _data_root(option: Optional[Path], config_root: str | None = None) -> Path:
+    """--data-root, else $SPHERE_DATA_ROOT, else the config's data_root, else ``data``."""
+    return (option or Path(os.environ.get("SPHERE_DATA_ROOT") or config_root or "data")).resolve()
+
+
+def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
+    try:
+        return str(RunStore.open(_data_root(data_root), run_id).run_dir)
+    except RunNotFound as e:
+        console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
-    return str(run_dir)
 
 
 @app.command()
 def rerun(
     run_id: str = typer.Argument(..., help="The run to rerun a stage of."),
-    stage: str = typer.Option(..., "--stage", help="seeds | generation | routing | self_correction | diversity | sft | metrics"),
-    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the run lives."),
+    stage: str = typer.Option(..., "--stage", help="One of: " + " | ".join(declared.names()) + " (it and everything downstream rerun)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     sets: list[str] = typer.Option([], "--set", help="Change a config field for this rerun: --set self_correction.shard_size=10."),
 ) -> None:
     """Re-execute one stage and everything downstream of it from the stored upstream Parquet.
@@ -194,10 +202,10 @@ def rerun(
     Finished upstream stages are not touched. The stage's previous outputs are moved to
     _superseded/ in the run directory, and config changes are logged to reruns.jsonl.
     """
-    from flows.pipeline import STAGES, sphere_rerun
+    from flows.pipeline import sphere_rerun
 
-    if stage not in STAGES:
-        raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    if stage not in declared.names(declared.STAGES):
+        raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names(declared.STAGES))}")
     run_dir = _run_dir(run_id, data_root)
     try:
         summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
@@ -212,7 +220,7 @@ def export(
     run_id: str = typer.Argument(..., help="The run to export."),
     fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | sft (prompt, completion)"),
     to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl and <format>.parquet into."),
-    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the run lives."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
 ) -> None:
     """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet."""
@@ -229,7 +237,7 @@ def export(
 def report(
     run_id: str = typer.Argument(..., help="The run to report on."),
     compare: list[str] = typer.Option([], "--compare", help="Other run ids to compare with (repeatable): adds the quality-diversity plane."),
-    data_root: Path = typer.Option(Path("data"), "--data-root", help="Where the runs live."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: <run>/report.html or <run>/compare-N-runs.html)."),
 ) -> None:
     """Write a self-contained HTML QDC report (plots embedded) and print its tables."""
@@ -274,7 +282,7 @@ def sweep(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     sweep_id = resume or new_sweep_id(cfg.name)
-    root = (data_root or Path(cfg.data_root)).resolve()
+    root = _data_root(data_root, cfg.data_root)
     console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
     try:
         record = sphere_sweep(config_path=str(config), grid=parsed, sweep_id=sweep_id, data_root=str(root), overrides=overrides)
@@ -305,8 +313,6 @@ def server(
     `prefect work-pool create sphere-local --type process`, `prefect deploy --all`,
     `prefect worker start --pool sphere-local`.
     """
-    import os
-
     from infra.env import offline_defaults
 
     env = {**offline_defaults(), **os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false",

@@ -1,51 +1,34 @@
-"""Prefect flows: wiring only. One parent flow, one subflow per stage.
+"""Prefect flows: wiring only. One parent flow, one subflow per stage (``flows.stages``).
 
 Every flow takes a run directory (a string), so any stage can run alone against a run
-that exists: ``generation_stage(run_dir, shards)``. Shard tasks are cached on (input
-content, stage config, code version, output location) with persisted results, and a
-shard whose completion marker is missing always recomputes (``refresh_cache``), so a
-``prefect flow-run retry`` or ``sphere run --resume`` redoes only what did not finish.
+that exists: ``stage_flow(run_dir, "generation")``. A stage's subflow fans its task out
+over its shards; each shard task returns at once when the shard's completion marker holds
+the same fingerprint (stage config hash, code version, input content hash), so a
+``prefect flow-run retry``, ``sphere run --resume`` or a changed config redoes exactly the
+shards whose inputs or settings changed, and nothing else.
 """
 
 from __future__ import annotations
 
-from infra.env import apply_offline_env
+import secrets
+import socket
+import time
+from contextlib import nullcontext
+from pathlib import Path
 
-apply_offline_env()
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
-import json  # noqa: E402
-import secrets  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from prefect import flow  # noqa: E402
-from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from infra import catalog, progress, validation  # noqa: E402
-from infra.config import RunConfig, apply_overrides, load_config  # noqa: E402
-from infra.pool import close_pools, ensure_ray, prewarm  # noqa: E402
-from infra.storage import RunStore  # noqa: E402
-from tasks.generation import STAGE as GENERATION, generate_shard  # noqa: E402
-from tasks.diversity import diversify_shard  # noqa: E402
-from tasks.metrics import metrics_task  # noqa: E402
-from tasks.routing import route_and_pair_task  # noqa: E402
-from tasks.seeds import seeds_task  # noqa: E402
-from tasks.self_correction import self_correct_shard  # noqa: E402
-from tasks.sft import sft_task  # noqa: E402
-
-TABLES = ("problems", "chains", "pairs", "sft", "metrics", "routes", "quarantine", "validation")
-STAGES = ("seeds", "generation", "routing", "self_correction", "diversity", "sft", "metrics")
-DOWNSTREAM = {
-    "seeds": STAGES[1:],
-    "generation": ("routing", "self_correction", "diversity", "sft", "metrics"),
-    "routing": ("self_correction", "diversity", "sft", "metrics"),
-    "self_correction": ("sft", "metrics"),
-    "diversity": ("sft", "metrics"),
-    "sft": ("metrics",),
-    "metrics": (),
-}
+from flows import stages as declared
+from infra import catalog, progress, validation
+from infra.config import RunConfig, apply_overrides, load_config
+from infra.pool import close_pools, ensure_ray, prewarm
+from infra.storage import RunStore
+from tasks.report import build_report, qdc_rows
 
 
 class StageFailed(RuntimeError):
@@ -59,15 +42,22 @@ def new_run_id(name: str) -> str:
 def prepare_run(
     config_path: str | None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None
 ) -> str:
-    """Create a run directory with its validated config, or find an existing one (resume)."""
+    """Create a run directory with its validated config, or open an existing one (resume).
+
+    Resuming with ``overrides`` applies them to the stored config and logs the change to
+    ``reruns.jsonl``; the stages whose config changed then recompute (their fingerprints
+    differ), the others are skipped. The stage graph is checked before anything is written.
+    """
     cfg = load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
     root = Path(data_root or cfg.data_root).resolve()
-    if run_id and (root / "runs" / run_id / "config.json").is_file():
-        return str(root / "runs" / run_id)
     run_id = run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name)
-    if (root / "runs" / run_id / "config.json").is_file():
-        return str(root / "runs" / run_id)
     store = RunStore(root, run_id)
+    if store.exists():
+        if RunConfig.model_validate(apply_overrides(store.load_config(), overrides)).model_dump(mode="json") != store.load_config():
+            record_config_change(str(store.run_dir), "resume", overrides)
+        declared.check_stages(RunConfig.model_validate(store.load_config()))
+        return str(store.run_dir)
+    declared.check_stages(cfg)
     store.save_config(cfg.model_dump(mode="json"))
     return str(store.run_dir)
 
@@ -76,87 +66,55 @@ def _flow_run_bound_id(name: str) -> str | None:
     """Inside a Prefect flow run (a deployment's scheduled run), a run id derived from the
     flow run's id, so ``prefect flow-run retry`` finds the same run directory and redoes only
     its unfinished shards. None outside a flow run."""
-    from prefect.runtime import flow_run
-
     fid = flow_run.get_id()
     return f"{name}-fr{str(fid).replace('-', '')[:12]}" if fid else None
 
 
-@flow(name="seeds", flow_run_name="seeds")
-def seeds_stage(run_dir: str) -> list[str]:
-    return seeds_task(run_dir)
+def _host_slot(cfg: RunConfig, stage: declared.Stage):
+    """A slot of the host's model-stage concurrency limit (``pool.host_concurrency_limit``)
+    for a model stage when one is configured; else nothing."""
+    limit = cfg.pool.host_concurrency_limit
+    if stage.backend is None or not limit:
+        return nullcontext()
+    return concurrency(limit.format(host=socket.gethostname()), occupy=1, strict=False)
 
 
-def _fan_out(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
-    """Run the stage's shards, holding a slot of the host's model-stage concurrency limit
-    (``pool.host_concurrency_limit``) when one is configured."""
-    pool_cfg = RunConfig.model_validate(RunStore.at(run_dir).load_config()).pool
-    if not pool_cfg.host_concurrency_limit:
-        return _fan_out_shards(task, run_dir, stage, shards)
-    import socket
-
-    from prefect.concurrency.sync import concurrency
-
-    with concurrency(pool_cfg.host_concurrency_limit.format(host=socket.gethostname()), occupy=1, strict=False):
-        return _fan_out_shards(task, run_dir, stage, shards)
-
-
-def _fan_out_shards(task, run_dir: str, stage: str, shards: list[str]) -> list[str]:
-    """Submit one task per shard, wait for all, fail the stage if any failed (others kept)."""
+@flow(name="stage", flow_run_name="{stage}")
+def stage_flow(run_dir: str, stage: str) -> list[str]:
+    """Run one declared stage over its shards (submitted together, at most
+    ``generation.concurrency`` at once); fail the stage if any shard failed, after the
+    others finished (they are kept). Returns the shards' output paths."""
+    st = declared.get(stage)
     store = RunStore.at(run_dir)
-    ensure_ray(RunConfig.model_validate(store.load_config()).pool)  # on this (the flow's) thread, not a task's
-    futures = [task.with_options(refresh_cache=not store.is_done("chains", stage, s)).submit(run_dir, s) for s in shards]
+    cfg = RunConfig.model_validate(store.load_config())
+    shards = st.shards(run_dir)
+    config_hash = st.config_hash(cfg)
+    if st.shards is not declared.one_shard:  # a new sharding leaves no stale shards behind
+        for table in st.writes:
+            store.prune(table, st.name, shards)
+    task = st.task.with_options(retries=cfg.pool.shard_retries) if st.backend else st.task
     done, failed = [], []
-    progress.report(stage, 0, len(shards))
-    for fut in as_completed(futures):
-        try:
-            done.append(fut.result())
-        except Exception as e:  # a failed shard fails the stage after the others finish
-            failed.append(f"{type(e).__name__}: {e}")
-        progress.report(stage, len(done) + len(failed), len(shards))
-    close_pools()  # free the actors for the next stage's backend
+    with _host_slot(cfg, st):
+        if st.backend:
+            ensure_ray(cfg.pool)  # on this (the flow's) thread, not a task's
+        futures = [task.submit(run_dir, s, config_hash) for s in shards]
+        progress.report(st.name, 0, len(shards))
+        for fut in as_completed(futures):
+            try:
+                done.append(fut.result())
+            except Exception as e:  # a failed shard fails the stage after the others finish
+                failed.append(f"{type(e).__name__}: {e}")
+            progress.report(st.name, len(done) + len(failed), len(shards))
+    if st.backend:
+        close_pools()  # free the actors for the next stage's backend
     if failed:
-        raise StageFailed(f"{len(failed)} of {len(shards)} {stage} shards failed (finished ones kept):\n" + "\n".join(failed))
+        raise StageFailed(f"{len(failed)} of {len(shards)} {st.name} shards failed (finished ones kept):\n" + "\n".join(failed))
     return sorted(done)
-
-
-@flow(name="generation", flow_run_name="generation")
-def generation_stage(run_dir: str, shards: list[str]) -> list[str]:
-    return _fan_out(generate_shard, run_dir, GENERATION, shards)
-
-
-@flow(name="routing", flow_run_name="routing")
-def routing_stage(run_dir: str) -> dict:
-    return route_and_pair_task(run_dir)
-
-
-def _worklist_shards(run_dir: str, stage: str) -> list[str]:
-    return json.loads((Path(run_dir) / "_done" / "routing.manifest.json").read_text())[stage]
-
-
-@flow(name="self-correction", flow_run_name="self-correction")
-def self_correction_stage(run_dir: str) -> list[str]:
-    return _fan_out(self_correct_shard, run_dir, "self_correction", _worklist_shards(run_dir, "self_correction"))
-
-
-@flow(name="diversity", flow_run_name="diversity")
-def diversity_stage(run_dir: str) -> list[str]:
-    return _fan_out(diversify_shard, run_dir, "diversity", _worklist_shards(run_dir, "diversity"))
-
-
-@flow(name="sft", flow_run_name="sft")
-def sft_stage(run_dir: str) -> int:
-    return sft_task(run_dir)
-
-
-@flow(name="metrics", flow_run_name="metrics")
-def metrics_stage(run_dir: str) -> int:
-    return metrics_task(run_dir)
 
 
 def summarize(run_dir: str) -> dict:
     store = RunStore.at(run_dir)
-    counts = {t: store.read_table(t).num_rows for t in TABLES}
+    counts = {t: store.read_table(t).num_rows for t in declared.tables() if t != "worklist"}
     routes = store.read_table("routes").column("route").to_pylist()
     pairs = store.read_table("pairs").column("stage").to_pylist()
     summary = {
@@ -173,8 +131,7 @@ def summarize(run_dir: str) -> dict:
 def _publish(summary: dict) -> None:
     rows = [{"table": t, "rows": n} for t, n in summary["counts"].items()]
     create_table_artifact(key="sphere-row-counts", table=rows, description=f"Row counts of run {summary['run_id']}")
-    store = RunStore(Path(summary["run_dir"]).parent.parent, Path(summary["run_dir"]).name)
-    val = store.read_table("validation").to_pylist()
+    val = RunStore.at(summary["run_dir"]).read_table("validation").to_pylist()
     failed = [v for v in val if not v["success"]]
     md = [
         f"# Run `{summary['run_id']}`",
@@ -196,8 +153,6 @@ def _publish(summary: dict) -> None:
 
 def _publish_report(run_dir: str) -> Path:
     """Write ``<run>/report.html`` and publish the QDC table and the report path as artifacts."""
-    from tasks.report import build_report, qdc_rows
-
     path, runs = build_report([run_dir])
     create_table_artifact(key="sphere-qdc", table=qdc_rows(runs[0]), description=f"QDC metrics of run {runs[0].run_id}")
     create_markdown_artifact(
@@ -210,14 +165,13 @@ def _publish_report(run_dir: str) -> Path:
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
     return flow_run.parameters.get("run_id") or "new-run"
 
 
 @flow(name="sphere-run", flow_run_name=_run_name)
 def sphere_run(config_path: str | None = None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None) -> dict:
-    """The whole pipeline. With ``run_id`` of an existing run, resumes it (finished shards are kept)."""
+    """The whole pipeline. With ``run_id`` of an existing run, resumes it (finished shards
+    whose fingerprint still holds are kept; ``overrides`` change its stored config)."""
     run_dir = prepare_run(config_path, run_id, data_root, overrides)
     try:
         return _run_stages(run_dir)
@@ -228,25 +182,18 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
 def _run_stages(run_dir: str) -> dict:
     store = RunStore.at(run_dir)
     cfg = RunConfig.model_validate(store.load_config())
+    run = declared.check_stages(cfg)
     # Ray must start on the main thread: its daemons die with the thread that spawned them
     # (PR_SET_PDEATHSIG is per thread). GX imports meanwhile; actors are spawned by the
-    # raylet, so the policy loads in the background while seeds are read and validated.
+    # raylet, so the first model stage's backend loads while seeds are read and validated.
     validation.preload()
-    ensure_ray(cfg.pool)
-    if not store.is_done("routes", "routing", "00000"):
-        prewarm(cfg.policy, cfg.pool)
-    shards = seeds_stage(run_dir)
-    progress.report("seeds", 1, 1)
+    model_stages = [s for s in run if s.backend]
+    if model_stages:
+        ensure_ray(cfg.pool)
+        prewarm(model_stages[0].backend(cfg), cfg.pool)
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
-    generation_stage.with_options(task_runner=runner)(run_dir, shards)
-    routing_stage(run_dir)
-    if cfg.self_correction.enabled:
-        self_correction_stage.with_options(task_runner=runner)(run_dir)
-    if cfg.diversity.enabled:
-        diversity_stage.with_options(task_runner=runner)(run_dir)
-    sft_stage(run_dir)
-    if cfg.metrics.enabled:
-        metrics_stage(run_dir)
+    for st in run:
+        stage_flow.with_options(name=st.name, flow_run_name=st.name, task_runner=runner)(run_dir, st.name)
     catalog.refresh(store.data_root)
     summary = summarize(run_dir)
     _publish(summary)
@@ -254,46 +201,40 @@ def _run_stages(run_dir: str) -> dict:
         try:
             summary["report"] = str(_publish_report(run_dir))
         except Exception as e:  # the data and metrics are committed; a plotting failure must not fail the run
-            from prefect import get_run_logger
-
             get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, store.run_id)
             summary["report_error"] = f"{type(e).__name__}: {e}"
     return summary
 
 
 def stage_outputs(store: RunStore, stage: str) -> list[Path]:
-    """Every file and folder a stage owns: ``<table>/<stage>[-*]``, its markers and manifest."""
-    owned = lambda name: name == stage or name.startswith(f"{stage}-")  # noqa: E731
-    paths = [d for t in store.run_dir.iterdir() if t.is_dir() and not t.name.startswith("_") for d in t.iterdir() if d.is_dir() and owned(d.name)]
-    done = store.run_dir / "_done"
-    if done.is_dir():
-        paths += [m for m in done.iterdir() if owned(m.name.split(".")[1] if m.name.count(".") >= 2 else "") or m.name == f"{stage}.manifest.json"]
-    return paths
+    """Every file and folder a stage owns, from its declaration: ``<table>/<stage>`` for each
+    table it writes, its quarantine/validation folders (``<table>/<stage>-*``), its markers
+    and its manifest."""
+    st = declared.get(stage)
+    run = store.run_dir
+    paths = [run / t / stage for t in st.writes] + [d for t in declared.IMPLICIT_WRITES for d in (run / t).glob(f"{stage}-*")]
+    done = run / "_done"
+    paths += [m for t in (*st.writes, *declared.IMPLICIT_WRITES) for m in done.glob(f"{t}.{stage}.*.json")]
+    paths += [m for t in declared.IMPLICIT_WRITES for m in done.glob(f"{t}.{stage}-*.json")]
+    paths += list((done / "stages").glob(f"{stage}.*.json")) + [done / f"{stage}.manifest.json"]
+    return [p for p in dict.fromkeys(paths) if p.exists()]
 
 
 def supersede(run_dir: str, stage: str) -> Path:
     """Move the outputs of ``stage`` and everything downstream aside (nothing is deleted)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     store = RunStore.at(run_dir)
-    dest = store.run_dir / "_superseded" / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage}"
-    for st in (stage, *DOWNSTREAM[stage]):
-        for path in stage_outputs(store, st):
-            target = dest / path.relative_to(store.run_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            path.rename(target)
-    return dest
+    declared.get(stage)  # unknown stage: StageGraphError naming the stages
+    return store.supersede([p for st in (stage, *declared.downstream(stage)) for p in stage_outputs(store, st)], stage)
 
 
-def record_rerun(run_dir: str, stage: str, overrides: dict | None) -> dict:
-    """Apply config overrides to the run's stored config and log the change."""
+def record_config_change(run_dir: str, stage: str, overrides: dict | None) -> dict:
+    """Apply config overrides to the run's stored config and log the change (``reruns.jsonl``).
+    Overrides that do not validate raise before anything is written."""
     store = RunStore.at(run_dir)
     old = store.load_config()
     new = RunConfig.model_validate(apply_overrides(old, overrides)).model_dump(mode="json")
     changes = {k: {"old": _get(old, k), "new": _get(new, k)} for k in (overrides or {})}
-    entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "changes": changes}
-    with open(store.run_dir / "reruns.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    entry = store.log_config_change(stage, changes)
     store.save_config(new)
     return entry
 
@@ -312,7 +253,8 @@ def sphere_rerun(run_dir: str, stage: str, overrides: dict | None = None) -> dic
     outputs are moved to ``_superseded/``; a config change is applied and logged to
     ``reruns.jsonl``.
     """
-    record_rerun(run_dir, stage, overrides)
+    declared.get(stage)
+    record_config_change(run_dir, stage, overrides)
     supersede(run_dir, stage)
     try:
         return _run_stages(run_dir)

@@ -1,19 +1,26 @@
-"""The DuckDB catalog: one file with a view per table over every run's Parquet.
+"""The DuckDB catalog: a view per table over the committed parts of every run.
 
-Views use globs, so shards written after ``refresh`` are visible without a refresh. An
-empty, schema-only part file under ``runs/_schema`` keeps every view valid before any run
-has written that table. Queries from the CLI open the catalog read-only.
+A part is committed when its completion marker exists (``infra.storage``); parts without
+one (a shard killed after its write, or that failed its validation gate) are never shown.
+
+- ``query(data_root, sql)`` builds the views from the markers on disk at that moment in a
+  private database file, reopens it read-only and runs ``sql``: it sees every shard
+  committed so far and never takes a lock on the shared catalog file.
+- ``refresh(data_root)`` writes ``catalog.duckdb`` with the same views (explicit part
+  lists, as of the refresh) for other DuckDB clients; it is rebuilt in a temp file and
+  renamed into place, so a reader of the old file never blocks it.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from infra.schemas import SCHEMAS
-from infra.storage import write_parquet_atomic
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -36,36 +43,61 @@ def catalog_path(data_root: Path) -> Path:
     return Path(data_root) / CATALOG_FILE
 
 
+def committed_parts(data_root: Path) -> dict[str, list[Path]]:
+    """Every committed part file under ``data_root``, by table (from the markers)."""
+    out: dict[str, list[Path]] = {name: [] for name in SCHEMAS}
+    for marker in sorted(Path(data_root).glob("runs/*/_done/*.*.*.json")):
+        table, stage, shard = marker.name[: -len(".json")].split(".", 2)
+        part = marker.parent.parent / table / stage / f"part-{shard}.parquet"
+        if table in out and part.is_file():
+            out[table].append(part)
+    return out
+
+
+def _create_views(con, data_root: Path) -> None:
+    for name, parts in committed_parts(data_root).items():
+        if parts:
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({sql_list(parts)}, union_by_name = true)")
+        else:  # no committed part yet: an empty view with the table's columns
+            empty = f"_empty_{name}"
+            con.register(empty, SCHEMAS[name].empty_table())
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {empty}")
+            con.unregister(empty)
+
+
 def refresh(data_root: Path) -> Path:
-    """Create or update the catalog file's views. Returns its path."""
+    """Rewrite the catalog file's views (committed parts as of now). Returns its path."""
     root = Path(data_root).resolve()
-    for name, schema in SCHEMAS.items():
-        placeholder = root / "runs" / "_schema" / name / "_" / "part-empty.parquet"
-        if not placeholder.is_file():
-            write_parquet_atomic(schema.empty_table(), placeholder)
     path = catalog_path(root)
-    con = duckdb.connect(str(path))
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
     try:
-        for name in SCHEMAS:
-            glob = sql_string(root / "runs" / "*" / name / "**" / "part-*.parquet")
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({glob}, union_by_name = true)")
+        _create_views(con, root)
     finally:
         con.close()
+    os.replace(tmp, path)
     return path
 
 
 def query(data_root: Path, sql: str) -> pa.Table:
-    """Run ``sql`` read-only against the catalog; returns an Arrow table."""
-    path = catalog_path(data_root)
-    if not path.is_file():
-        raise CatalogError(f"no catalog at {path}: run `sphere run` first (or pass --data-root)")
-    try:
-        con = duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as e:
-        raise CatalogError(f"cannot open catalog {path}: {e}") from None
-    try:
-        return con.sql(sql).to_arrow_table()
-    except duckdb.Error as e:
-        raise CatalogError(f"query failed: {e}") from None
-    finally:
-        con.close()
+    """Run ``sql`` read-only against views of the committed parts under ``data_root`` (built
+    for this query in a private database file, reopened read-only); an Arrow table."""
+    root = Path(data_root).resolve()
+    if not catalog_path(root).is_file() and not (root / "runs").is_dir():
+        raise CatalogError(f"no catalog at {catalog_path(root)}: run `sphere run` first (or pass --data-root)")
+    with tempfile.TemporaryDirectory(prefix="sphere-query-") as tmp:
+        db = Path(tmp) / "views.duckdb"
+        con = duckdb.connect(str(db))
+        try:
+            _create_views(con, root)
+        finally:
+            con.close()
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return con.sql(sql).to_arrow_table()
+        except duckdb.Error as e:
+            raise CatalogError(f"query failed: {e}") from None
+        finally:
+            con.close()

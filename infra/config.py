@@ -29,7 +29,7 @@ class _Model(BaseModel):
 
 
 class BuiltinSeeds(_Model):
-    kind: Literal["builtin"] = Field("builtin", description="Multi-step arithmetic word problems made by tasks.worldgen.")
+    kind: Literal["builtin"] = Field("builtin", description="Multi-step arithmetic word problems made by infra.tiny.worldgen.")
     n: int = Field(20, ge=1, le=10_000_000, description="Number of problems to generate.")
     seed: int = Field(0, description="Generator seed; the same seed gives the same problems.")
     min_steps: int = Field(2, ge=1, le=12, description="Fewest operations in a problem (difficulty knob).")
@@ -136,6 +136,9 @@ class PoolConfig(_Model):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (= tensor-parallel size for vLLM).")
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
     max_retries: int = Field(2, ge=0, description="Times a batch is retried on a fresh actor after the actor dies or times out.")
+    shard_retries: int = Field(
+        2, ge=0, description="Times Prefect retries a model stage's shard task after an infrastructure error (BackendError) "
+        "the pool could not absorb; bad data and bugs are never retried.")
     batch_timeout_s: float = Field(600.0, gt=0, description="A batch not answered within this is an infrastructure failure.")
     startup_timeout_s: float = Field(300.0, gt=0, description="Actors must have built their backends within this (else the run fails fast).")
     host_concurrency_limit: Optional[str] = Field(
@@ -207,8 +210,10 @@ class DiversityStage(_Model):
     shard_size: int = Field(50, ge=1, description="Problems per diversity shard.")
 
 
-class SFTConfig(_Model):
-    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which two correct chains of a problem are near-duplicates.")
+class DedupConfig(_Model):
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0, le=1, description="MinHash Jaccard at or above which two chains of a problem are near-duplicates "
+        "(the SFT set drops them; the QDC near-duplicate rate counts them).")
     num_perm: int = Field(128, ge=16, description="MinHash permutations.")
     shingle: int = Field(3, ge=1, description="Word n-gram size of the MinHash shingles.")
 
@@ -229,7 +234,6 @@ class MetricsConfig(_Model):
     strategy_similarity: float = Field(
         0.92, gt=0, le=1, description="Cosine similarity at or above which two correct chains of a problem count as one strategy."
     )
-    near_duplicate_threshold: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard at or above which two chains of a problem are near-duplicates.")
     memory_limit: str = Field("256MB", description="DuckDB memory limit of the metrics queries (sorting spills to disk past it).")
 
 
@@ -245,13 +249,20 @@ class RunConfig(_Model):
     generation: GenerationStage = Field(default_factory=GenerationStage, description="Self-generation stage settings.")
     self_correction: SelfCorrectionStage = Field(default_factory=SelfCorrectionStage, description="Self-correction stage settings.")
     diversity: DiversityStage = Field(default_factory=DiversityStage, description="Diversity-induction stage settings.")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="How the SFT set is deduplicated.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="MinHash near-duplicate settings (SFT set and QDC metrics).")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The QDC metrics pass.")
 
-    def stage_hash(self, *parts: str) -> str:
-        """Hash of the config sections a stage depends on (part of its cache key)."""
-        blob = {p: getattr(self, p).model_dump(mode="json") if isinstance(getattr(self, p), BaseModel) else getattr(self, p) for p in parts}
+    def get(self, dotted: str):
+        """The value at a dotted path (``"search.candidates"``), as JSON-able data."""
+        value = self
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+    def stage_hash(self, *paths: str) -> str:
+        """Hash of the config values (dotted paths) a stage's output depends on."""
+        blob = {p: self.get(p) for p in paths}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,6 +1,6 @@
 """Process environment for an offline machine.
 
-Called first by the CLI, the flows' entry points and the test conftest, before Prefect,
+Applied when the ``infra`` package is imported (``flows`` and ``tasks`` import it first), before Prefect,
 Ray, GX or Hugging Face libraries are imported. Values already set by the user win.
 """
 

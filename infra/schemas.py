@@ -131,6 +131,20 @@ VALIDATION = pa.schema(
     ]
 )
 
+WORKLIST = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("question", pa.string()),
+        ("gold_answer", pa.string()),
+        ("chain_id", pa.string()),
+        ("steps", pa.list_(pa.string())),
+        ("text", pa.string()),
+        ("step_scores", pa.list_(pa.float64())),
+    ]
+)
+"""Routing's hand-off to self-correction and diversity: each routed problem with its MAX chain."""
+
 SCHEMAS = {
     "problems": PROBLEMS,
     "chains": CHAINS,
@@ -140,6 +154,7 @@ SCHEMAS = {
     "routes": ROUTES,
     "quarantine": QUARANTINE,
     "validation": VALIDATION,
+    "worklist": WORKLIST,
 }
 
 
@@ -148,7 +163,8 @@ class SchemaError(ValueError):
 
 
 def require(table: pa.Table, name: str, columns: list[str] | None = None) -> None:
-    """Raise SchemaError unless ``table`` has ``columns`` (default: all) of schema ``name``."""
+    """Raise SchemaError unless ``table`` has ``columns`` (default: all) of schema ``name``,
+    with the declared types. Every stage checks its inputs with this."""
     schema = SCHEMAS[name]
     for col in columns or schema.names:
         if col not in table.column_names:

@@ -1,8 +1,12 @@
 """Great Expectations suites per table, run on every stage write.
 
-``validate(table_name, table) -> Outcome``: the suite for the table runs on a pandas
+``validate(table_name, table, extra) -> Outcome``: the suite for the table runs on a pandas
 batch (GX's SQL datasource on DuckDB is broken, GX issue 11579). Derived boolean columns
-(``_verdict_consistent`` and friends) let GX check rules that span columns or lists.
+let GX check rules that span columns or lists: the structural ones are computed here
+(``_n_steps_ok``, ``_chosen_ne_rejected``...), the ones that need answer checking or the
+problems' gold answers (``_verdict_consistent``, ``_chosen_verified``...) are computed by
+the caller (``tasks.checks``) and passed in ``extra``; an expectation on a derived column
+runs only when the column is present.
 Rows that fail any row-level expectation are split off for quarantine, with the names of
 the expectations they failed; ``Outcome.results`` holds one record per expectation for
 the ``validation`` table. The caller decides whether the failure share fails the stage.
@@ -15,8 +19,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
-
-from tasks.answers import is_equivalent
 
 _CTX = None
 _CTX_LOCK = threading.Lock()
@@ -67,14 +69,6 @@ def preload() -> threading.Thread:
 
 
 def _chain_derived(df: pd.DataFrame) -> pd.DataFrame:
-    def consistent(r) -> bool:
-        if r["verdict"] == "correct":
-            return bool(r["correct"]) and not pd.isna(r["final_answer"]) and is_equivalent(r["final_answer"], r["gold_answer"])
-        if r["verdict"] == "no_answer":
-            return not r["correct"] and pd.isna(r["final_answer"])
-        return not r["correct"]
-
-    df["_verdict_consistent"] = df.apply(consistent, axis=1) if len(df) else pd.Series(dtype=bool)
     df["_n_steps_ok"] = [len(s) == n and len(sc) == n for s, sc, n in zip(df["steps"], df["step_scores"], df["n_steps"])]
     df["_scores_in_range"] = [all(0.0 <= x <= 1.0 for x in sc) for sc in df["step_scores"]]
     return df
@@ -102,7 +96,7 @@ def _suite(table_name: str, gxe):
             gxe.ExpectColumnValuesToBeUnique(column="chain_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
             gxe.ExpectColumnValuesToBeInSet(column="verdict", value_set=["correct", "wrong", "no_answer", "error"]),
-            gxe.ExpectColumnValuesToBeInSet(column="branch", value_set=["max", "min", "corrected", "small_max", "small_min"]),
+            gxe.ExpectColumnValuesToBeInSet(column="branch", value_set=["max", "min"]),
             gxe.ExpectColumnValuesToBeInSet(column="_verdict_consistent", value_set=true),
             gxe.ExpectColumnValuesToBeInSet(column="_n_steps_ok", value_set=true),
             gxe.ExpectColumnValuesToBeInSet(column="_scores_in_range", value_set=true),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from infra.storage import RunStore, write_parquet_atomic
+from infra.storage import RunStore, atomic_write_text, write_parquet_atomic
 
 COLUMNS = {
     "dpo": ("pairs", ["prompt", "chosen", "rejected", "pair_id", "problem_id", "stage", "chosen_chain_id", "rejected_chain_id",
@@ -43,10 +43,6 @@ def export_run(run_dir: Path, fmt: str, to: Path, *, chat: bool = False) -> list
         rows = _chat(rows, fmt)
     to.mkdir(parents=True, exist_ok=True)
     jsonl, parquet = to / f"{fmt}.jsonl", to / f"{fmt}.parquet"
-    tmp = jsonl.with_name(f".{jsonl.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(jsonl)
+    atomic_write_text(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_parquet_atomic(pa.Table.from_pylist(rows) if rows else store.read_table(table_name).select(columns), parquet)
     return [jsonl, parquet]

@@ -1,10 +1,14 @@
 """Quality, Diversity, Complexity metrics (QDC survey, arXiv 2412.02980) of a run's tables.
 
-``compute_metrics(store, cfg)`` streams the run's committed Parquet in batches through
-DuckDB (sorted by stage and problem, so one problem's rows arrive together) and returns
-rows ``(run_id, stage, table, metric, value, n)`` for every stage x table (``chains``,
-``pairs``, ``sft``). Memory is bounded by the batch size and the d x d accumulators, not
-by the number of rows (bench/vendi_bench.py measures it).
+Two parts. The pure part, ``stage_stats(readers, embedder, section, dedup)``, takes
+streams of Arrow record batches (one stream per part, rows sorted by stage and problem,
+so one problem's rows arrive together), embeds them in batches and accumulates a
+``StageStats`` per stage; ``metric_rows`` turns those into rows ``(run_id, stage, table,
+metric, value, n)``. The wrapper, ``compute_metrics(store, section, dedup, embedder)``,
+owns DuckDB (one sorted query per committed part, in ``batch_rows`` batches) and the
+embeddings file, for every stage x table (``chains``, ``pairs``, ``sft``). Memory is
+bounded by the batch size and the d x d accumulators, not by the number of rows
+(bench/vendi_bench.py measures it).
 
 - Quality: ``accuracy`` (chains whose answer matches gold), ``mean_step_score``,
   ``arith_valid_step_share`` (steps whose equations hold, among checkable steps),
@@ -26,6 +30,7 @@ sample weights and equals ``vendi_score.score_dual`` (checked in tests).
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections import defaultdict
 from pathlib import Path
@@ -34,10 +39,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from infra.catalog import sql_list, sql_string
+from infra.config import DedupConfig, MetricsConfig
+from infra.embed import get_embedder, hashed_ngrams
 from infra.schemas import from_rows
-from tasks.embed import hashed_ngrams
+from infra.storage import RunStore
+from tasks.common import RunContext
 from tasks.scorers import step_verdict
+from tasks.sft import minhashes
+
+STAGE = "metrics"
 
 QS = (0.5, 1.0, 2.0)
 NGRAM_DIM = 1024
@@ -214,14 +228,6 @@ def compression_ratio(texts: list[str]) -> float:
     return len(gzip.compress(raw, mtime=0)) / len(raw) if raw else 0.0
 
 
-def minhashes(texts: list[str], shingle: int = 3, num_perm: int = 128):
-    from datasketch import MinHash
-
-    from tasks.sft import shingles
-
-    return MinHash.bulk([shingles(t, shingle) for t in texts], num_perm=num_perm, seed=1)
-
-
 def near_duplicate_flags(hashes, threshold: float) -> list[bool]:
     """For each MinHash, whether another in the list has estimated Jaccard >= threshold."""
     flags = [False] * len(hashes)
@@ -232,9 +238,10 @@ def near_duplicate_flags(hashes, threshold: float) -> list[bool]:
     return flags
 
 
-def near_duplicate_rate(texts: list[str], threshold: float = 0.8) -> float:
+def near_duplicate_rate(texts: list[str], dedup: DedupConfig | None = None) -> float:
     """Share of texts that have a near-duplicate (MinHash Jaccard >= threshold) among the others."""
-    return sum(near_duplicate_flags(minhashes(texts), threshold)) / len(texts) if len(texts) > 1 else 0.0
+    dedup = dedup or DedupConfig()
+    return sum(near_duplicate_flags(minhashes(texts, dedup), dedup.near_duplicate_threshold)) / len(texts) if len(texts) > 1 else 0.0
 
 
 def count_strategies(E: np.ndarray, similarity: float) -> int:
@@ -262,14 +269,14 @@ class StageStats:
         self.strategy_sum = 0
         self.strategy_problems = 0
 
-    def add_group(self, rows: list[dict], E: np.ndarray, hashes, cfg) -> None:
+    def add_group(self, rows: list[dict], E: np.ndarray, hashes, section: MetricsConfig, dedup: DedupConfig) -> None:
         """One problem's rows of this stage (all of them, consecutive in the stream)."""
         self.n += len(rows)
         self.problems += 1
-        self.near_dups += sum(near_duplicate_flags(hashes, cfg.near_duplicate_threshold))
+        self.near_dups += sum(near_duplicate_flags(hashes, dedup.near_duplicate_threshold))
         correct = np.array([r.get("correct", True) for r in rows], dtype=bool)
         if correct.any():
-            self.strategy_sum += count_strategies(E[correct], cfg.strategy_similarity)
+            self.strategy_sum += count_strategies(E[correct], section.strategy_similarity)
             self.strategy_problems += 1
         if "steps" in rows[0]:
             s = self.sums
@@ -333,131 +340,148 @@ def _stream_groups(readers, key: tuple[str, ...]):
             yield group
 
 
-class _Batcher:
-    """Buffers problem groups until ``rows`` rows, then embeds them in one call."""
+class StatsBuilder:
+    """Buffers problem groups until ``section.batch_rows`` rows, embeds them in one call (or
+    takes the ``embedding`` column the rows carry), and adds them to a ``StageStats`` per
+    stage. ``sink(table)``, when given, receives (chain_id, stage, embedding) per batch."""
 
-    def __init__(self, embedder, rows: int, on_groups):
-        self.embedder, self.rows, self.on_groups = embedder, rows, on_groups
+    def __init__(self, embedder, section: MetricsConfig, dedup: DedupConfig, sink=None):
+        self.embedder, self.section, self.dedup, self.sink = embedder, section, dedup, sink
+        self.stats: dict[str, StageStats] = {}
         self.groups: list[list[dict]] = []
         self.size = 0
 
     def add(self, group: list[dict]) -> None:
         self.groups.append(group)
         self.size += len(group)
-        if self.size >= self.rows:
+        if self.size >= self.section.batch_rows:
             self.flush()
 
     def flush(self) -> None:
         if not self.groups:
             return
-        texts = [r["text"] or "" for g in self.groups for r in g]
-        have = [r.get("embedding") for g in self.groups for r in g]
-        if all(e is not None for e in have):
-            E = np.asarray(have, dtype=np.float32)
-        else:
-            E = self.embedder.encode(texts)
-        self.on_groups(self.groups, texts, E)
+        rows = [r for g in self.groups for r in g]
+        texts = [r["text"] or "" for r in rows]
+        have = [r.get("embedding") for r in rows]
+        E = np.asarray(have, dtype=np.float32) if all(e is not None for e in have) else self.embedder.encode(texts)
+        hashes = minhashes(texts, self.dedup)
+        spans: dict[str, list[int]] = defaultdict(list)  # row indices of each stage in this batch
+        k = 0
+        for g in self.groups:
+            stage = g[0]["stage"]
+            if stage not in self.stats:
+                self.stats[stage] = StageStats(E.shape[1])
+            self.stats[stage].add_group(g, E[k : k + len(g)], hashes[k : k + len(g)], self.section, self.dedup)
+            spans[stage].extend(range(k, k + len(g)))
+            k += len(g)
+        for stage, idx in spans.items():  # one d x d update per stage per batch
+            self.stats[stage].text.add([texts[i] for i in idx], E[idx])
+        if self.sink is not None:
+            emb = pa.FixedSizeListArray.from_arrays(pa.array(E.reshape(-1), pa.float32()), E.shape[1])
+            self.sink(pa.table({"chain_id": [r["chain_id"] for r in rows], "stage": [r["stage"] for r in rows], "embedding": emb}))
         self.groups, self.size = [], 0
 
 
-def compute_metrics(store, cfg, embedder) -> pa.Table:
+def stage_stats(readers, embedder, section: MetricsConfig, dedup: DedupConfig, sink=None) -> dict[str, StageStats]:
+    """Pure part of the pass: ``readers`` yields one iterable of record batches per part, rows
+    sorted by (stage, problem_id) within it (a problem's rows never span two parts). Returns
+    the accumulated ``StageStats`` per stage."""
+    builder = StatsBuilder(embedder, section, dedup, sink)
+    for group in _stream_groups(readers, ("stage", "problem_id")):
+        builder.add(group)
+    builder.flush()
+    return builder.stats
+
+
+def metric_rows(run_id: str, table: str, stats: dict[str, StageStats], quarantined: dict[str, int] | None = None) -> list[dict]:
+    """``metrics`` rows of one table's stages (``quarantined`` pair rows per stage count against validity)."""
+    quarantined = quarantined or {}
+    out = []
+    for stage in sorted(set(stats) | set(quarantined)):
+        st = stats.get(stage) or StageStats(1)
+        out.extend({"run_id": run_id, "stage": stage, "table": table, "metric": k, "value": float(v), "n": st.n}
+                   for k, v in st.result(table, quarantined.get(stage, 0)).items())
+    return out
+
+
+def ops_by_problem_sql(problem_parts: list[Path]) -> str:
+    """SQL for (problem_id, n_ops) of the problems in ``problem_parts`` (one row per problem)."""
+    return f"SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({sql_list(problem_parts)}) GROUP BY 1"
+
+
+class _ParquetSink:
+    """Appends tables to one Parquet file, renamed into place on ``close`` (atomic)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer = None
+        self.tmp = path.with_name(f".{path.name}.tmp")
+
+    def __call__(self, t: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, t.schema, compression="zstd")
+        self.writer.write_table(t)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with open(self.tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.path)
+
+
+def embeddings_path(store: RunStore) -> Path:
+    return store.run_dir / "metrics" / STAGE / "embeddings.parquet"
+
+
+def compute_metrics(store: RunStore, section: MetricsConfig, dedup: DedupConfig, embedder) -> pa.Table:
     """The ``metrics`` rows of the run in ``store`` (streamed; see the module docstring).
 
-    Writes the chain embeddings to ``<run>/metrics/embeddings.parquet`` (chain_id, stage,
-    embedding) on the way, so the pairs and SFT passes reuse them instead of re-embedding.
+    Writes the chain embeddings to ``<run>/metrics/metrics/embeddings.parquet`` (chain_id,
+    stage, embedding) on the way, so the pairs and SFT passes reuse them instead of re-embedding.
     """
     import duckdb
 
-    mcfg = cfg.metrics
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{mcfg.memory_limit}'")
+    con.execute(f"SET memory_limit = '{section.memory_limit}'")
     con.execute("SET preserve_insertion_order = false")
-    rows_out: list[dict] = []
-    emb_path = store.run_dir / "metrics" / "embeddings.parquet"
-    emb_path.parent.mkdir(parents=True, exist_ok=True)
 
-    def emit(stage: str, table: str, values: dict[str, float], n: int) -> None:
-        rows_out.extend({"run_id": store.run_id, "stage": stage, "table": table, "metric": k, "value": float(v), "n": n}
-                        for k, v in values.items())
+    def readers(sql: str, parts: list[Path]):
+        """One sorted query per part: a shard holds all rows of its problems, so sorting within a
+        part keeps each problem's rows together without a global sort (memory bounded by the shard)."""
+        return (con.sql(sql.format(src=sql_list([p]))).to_arrow_reader(section.batch_rows) for p in parts)
 
-    def run_pass(sql: str, parts: list[Path], writer=None) -> dict[str, StageStats]:
-        """Stream ``sql`` (with ``{src}`` = one part file) over every part in turn. A shard
-        holds all rows of its problems, so sorting within a part keeps each problem's rows
-        together without a global sort: memory is bounded by the shard, not the run."""
-        stats: dict[str, StageStats] = {}
-
-        def on_groups(groups, texts, E):
-            hashes = minhashes(texts)
-            spans: dict[str, list[int]] = defaultdict(list)  # row indices of each stage in this batch
-            k = 0
-            for g in groups:
-                stage = g[0]["stage"]
-                if stage not in stats:
-                    stats[stage] = StageStats(E.shape[1])
-                stats[stage].add_group(g, E[k : k + len(g)], hashes[k : k + len(g)], mcfg)
-                spans[stage].extend(range(k, k + len(g)))
-                k += len(g)
-            for stage, idx in spans.items():  # one d x d update per stage per batch
-                stats[stage].text.add([texts[i] for i in idx], E[idx])
-            if writer is not None:
-                ids = [r["chain_id"] for g in groups for r in g]
-                stages = [g[0]["stage"] for g in groups for _ in g]
-                emb = pa.FixedSizeListArray.from_arrays(pa.array(E.reshape(-1), pa.float32()), E.shape[1])
-                writer(pa.table({"chain_id": ids, "stage": stages, "embedding": emb}))
-
-        batcher = _Batcher(embedder, mcfg.batch_rows, on_groups)
-        readers = (con.sql(sql.format(src=sql_list([p]))).to_arrow_reader(mcfg.batch_rows) for p in parts)
-        for group in _stream_groups(readers, ("stage", "problem_id")):
-            batcher.add(group)
-        batcher.flush()
-        return stats
-
-    chains = store.committed_parts("chains")
-    problems = store.committed_parts("problems")
+    rows: list[dict] = []
+    emb_path = embeddings_path(store)
+    chains, problems = store.committed_parts("chains"), store.committed_parts("problems")
     if chains:
         if problems:
-            con.execute(f"CREATE TEMP TABLE ops AS SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({sql_list(problems)}) GROUP BY 1")
+            con.execute(f"CREATE TEMP TABLE ops AS {ops_by_problem_sql(problems)}")
         ops = "LEFT JOIN ops p USING (problem_id)" if problems else ""
         sql = (f"SELECT c.stage, c.problem_id, c.chain_id, c.text, c.steps, c.step_scores, c.n_steps, c.correct, c.verdict, "
                f"c.completion_tokens, {'p.n_ops' if problems else 'NULL AS n_ops'} "
                f"FROM read_parquet({{src}}) c {ops} ORDER BY c.stage, c.problem_id, c.chain_id")
-        tmp = emb_path.with_name(".embeddings.parquet.tmp")
-        pw = None
-
-        def write(t: pa.Table):
-            nonlocal pw
-            if pw is None:
-                pw = pq.ParquetWriter(tmp, t.schema, compression="zstd")
-            pw.write_table(t)
-
-        for stage, st in sorted(run_pass(sql, chains, write).items()):
-            emit(stage, "chains", st.result("chains"), st.n)
-        if pw is not None:
-            pw.close()
-            tmp.replace(emb_path)
+        sink = _ParquetSink(emb_path)
+        rows += metric_rows(store.run_id, "chains", stage_stats(readers(sql, chains), embedder, section, dedup, sink))
+        sink.close()
     has_emb = emb_path.is_file()
-    emb_join = f"LEFT JOIN read_parquet({sql_string(emb_path)}) e ON e.chain_id = " if has_emb else ""
+    emb = f"LEFT JOIN read_parquet({sql_string(emb_path)}) e ON e.chain_id = " if has_emb else ""
+    emb_col = "e.embedding" if has_emb else "NULL AS embedding"
 
     pairs = store.committed_parts("pairs")
-    bad = _quarantined_pairs(con, store)
-    pair_stats: dict[str, StageStats] = {}
-    if pairs:
-        sql = (f"SELECT x.stage, x.problem_id, x.chosen AS text, x.margin, {'e.embedding' if has_emb else 'NULL AS embedding'} "
-               f"FROM read_parquet({{src}}) x {emb_join + 'x.chosen_chain_id' if has_emb else ''} "
-               "ORDER BY x.stage, x.problem_id, x.pair_id")
-        pair_stats = run_pass(sql, pairs)
-    for stage in sorted(set(pair_stats) | set(bad)):
-        st = pair_stats.get(stage) or StageStats(1)
-        emit(stage, "pairs", st.result("pairs", bad.get(stage, 0)), st.n)
+    sql = (f"SELECT x.stage, x.problem_id, x.pair_id AS chain_id, x.chosen AS text, x.margin, {emb_col} "
+           f"FROM read_parquet({{src}}) x {emb + 'x.chosen_chain_id' if has_emb else ''} ORDER BY x.stage, x.problem_id, x.pair_id")
+    rows += metric_rows(store.run_id, "pairs", stage_stats(readers(sql, pairs), embedder, section, dedup), _quarantined_pairs(con, store))
 
     sft = store.committed_parts("sft")
-    if sft:
-        sql = (f"SELECT 'sft' AS stage, x.problem_id, x.completion AS text, {'e.embedding' if has_emb else 'NULL AS embedding'} "
-               f"FROM read_parquet({{src}}) x {emb_join + 'x.chain_id' if has_emb else ''} ORDER BY x.problem_id, x.sft_id")
-        for stage, st in run_pass(sql, sft).items():
-            emit(stage, "sft", st.result("sft"), st.n)
+    sql = (f"SELECT 'sft' AS stage, x.problem_id, x.sft_id AS chain_id, x.completion AS text, {emb_col} "
+           f"FROM read_parquet({{src}}) x {emb + 'x.chain_id' if has_emb else ''} ORDER BY x.problem_id, x.sft_id")
+    rows += metric_rows(store.run_id, "sft", stage_stats(readers(sql, sft), embedder, section, dedup))
     con.close()
-    return from_rows(rows_out, "metrics")
+    return from_rows(rows, "metrics")
 
 
 def _quarantined_pairs(con, store) -> dict[str, int]:
@@ -470,24 +494,15 @@ def _quarantined_pairs(con, store) -> dict[str, int]:
     return {s: n for s, n in con.execute(sql).fetchall()}
 
 
-# ---------------------------------------------------------------- Prefect wrapper
-
-from prefect import task  # noqa: E402
-
-from tasks.common import RunContext  # noqa: E402
-
-STAGE = "metrics"
-
-
-@task(name="qdc-metrics", persist_result=False)
-def metrics_task(run_dir: str) -> int:
-    """Compute the run's QDC ``metrics`` table (embedder built once per worker); returns its row count."""
-    from tasks.embed import get_embedder
-
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
+def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
+    """Compute the run's QDC ``metrics`` table (embedder built once per worker process); its path."""
     ctx = RunContext.open(run_dir)
-    store = ctx.store
-    if not store.is_done("metrics", STAGE, "00000"):
-        embedder = get_embedder(ctx.cfg.metrics.embedder, ctx.cfg.metrics.embed_batch_size)
-        table = compute_metrics(store, ctx.cfg, embedder)
-        store.write("metrics", STAGE, "00000", table, embedder=embedder.name)
-    return store.read_part("metrics", STAGE, "00000").num_rows
+    fp = ctx.fingerprint(config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft", "quarantine")])
+    if not ctx.is_done(STAGE, shard, fp):
+        section = ctx.cfg.metrics
+        embedder = get_embedder(section.embedder, section.embed_batch_size)
+        table = compute_metrics(ctx.store, section, ctx.cfg.dedup, embedder)
+        ctx.store.write(STAGE, STAGE, shard, table, embedder=embedder.name, fingerprint=fp)
+        ctx.store.mark_stage_done(STAGE, shard, fp, [STAGE])
+    return str(ctx.store.part_path(STAGE, STAGE, shard))

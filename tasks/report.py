@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.catalog import sql_list
-from infra.storage import RunStore
+from infra.storage import RunStore, atomic_write_text
+from tasks.metrics import ops_by_problem_sql
 
 KEY_METRICS = (
     ("accuracy", "accuracy", "Q"),
@@ -40,6 +41,9 @@ KEY_METRICS = (
     ("tokens_per_chain", "tokens", "C"),
     ("solve_rate", "solve rate", "C"),
 )
+LABELS = {k: label for k, label, _ in KEY_METRICS}
+RUN_TABLE = ("accuracy", "arith_valid_step_share", "vendi_q1", "distinct_2", "near_duplicate_rate", "strategies_per_problem",
+             "steps_per_chain", "solve_rate")  # the compact table `sphere run` prints
 QD_POINT = ("generation", "chains")  # the dataset whose quality/diversity the compare plane plots
 
 
@@ -97,9 +101,8 @@ def load_run(run_dir: str | Path) -> RunData:
             data.hist.setdefault("step score", {}).setdefault(stage, []).append((float(v), k))
         problems = store.committed_parts("problems")
         if problems:
-            q = (f"SELECT c.stage, p.n_ops, avg(c.correct::INT), count(*) FROM {src} c JOIN "
-                 f"(SELECT problem_id, any_value(n_ops) AS n_ops FROM read_parquet({sql_list(problems)}) GROUP BY 1) p USING (problem_id) "
-                 "WHERE p.n_ops IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2")
+            q = (f"SELECT c.stage, p.n_ops, avg(c.correct::INT), count(*) FROM {src} c JOIN ({ops_by_problem_sql(problems)}) p "
+                 "USING (problem_id) WHERE p.n_ops IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2")
             for stage, ops, acc, k in con.sql(q).fetchall():
                 data.by_difficulty.setdefault(stage, []).append((int(ops), float(acc), int(k)))
     routes = store.committed_parts("routes")
@@ -114,6 +117,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     front = [i for i, (x, y) in enumerate(points)
              if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points)]
     return sorted(front, key=lambda i: points[i][0])
+
+
+def runs_on_front(runs: list[RunData]) -> tuple[list[tuple[float, float] | None], set[int]]:
+    """(each run's quality-diversity point or None, indices of the runs on the Pareto front)."""
+    pts = [r.point() for r in runs]
+    valid = [i for i, p in enumerate(pts) if p is not None]
+    return pts, {valid[i] for i in pareto_front([pts[i] for i in valid])}
 
 
 # ---------------------------------------------------------------- plots
@@ -232,9 +242,7 @@ def render_html(runs: list[RunData], out: Path) -> Path:
     ]
     if len(runs) > 1:
         parts.append("<h2>Runs compared</h2><table><tr><th>run</th><th>temperature</th><th>E</th><th>policy</th><th>accuracy</th><th>Vendi q1</th><th>Pareto</th></tr>")
-        pts = [r.point() for r in runs]
-        valid = [i for i, p in enumerate(pts) if p is not None]
-        front = {valid[i] for i in pareto_front([pts[i] for i in valid])}
+        pts, front = runs_on_front(runs)
         for i, r in enumerate(runs):
             p = pts[i]
             acc, ven = (f"{p[1]:.3f}", f"{p[0]:.3f}") if p else ("", "")
@@ -248,12 +256,7 @@ def render_html(runs: list[RunData], out: Path) -> Path:
     for title, png in plots:
         parts.append(f"<h2>{html.escape(title)}</h2><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     parts.append(f"<div id='render-check'>not checked</div><script>{CHECK_JS}</script></body></html>")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(parts))
-    tmp.replace(out)
-    return out
+    return atomic_write_text(Path(out), "".join(parts))
 
 
 def qdc_rows(r: RunData) -> list[dict]:
@@ -280,9 +283,7 @@ def summary_tables(runs: list[RunData]):
             t.add_row(stage, table, str(r.counts[(stage, table)]), *[f"{m[k]:.3f}" if k in m else "" for k, _ in keys])
         tables.append(t)
     if len(runs) > 1:
-        pts = [r.point() for r in runs]
-        valid = [i for i, p in enumerate(pts) if p is not None]
-        front = {valid[i] for i in pareto_front([pts[i] for i in valid])}
+        pts, front = runs_on_front(runs)
         t = Table(title="Quality-diversity trade-off (generation chains)")
         for col in ("run", "T", "E", "policy", "accuracy", "Vendi q1", "Pareto"):
             t.add_column(col)

@@ -11,14 +11,17 @@ Routes (SPHERE, DESIGN.md):
 from __future__ import annotations
 
 import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from infra.schemas import from_rows, require, stable_id
+from infra.config import GenerationStage
+from infra.schemas import from_rows, require
+from tasks.common import RunContext
+from tasks.rows import pair_row
 
+STAGE = "routing"
 ROUTES = ("generation_pair", "self_correction", "diversity_induction", "mixed_drop", "mixed_swap", "incomplete")
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
+WORKLIST_TARGETS = {"self_correction": "self_correction", "diversity_induction": "diversity"}  # route -> stage it feeds
 
 
 def route_problems(chains: pa.Table, problem_ids: list[str], *, run_id: str, mixed_outcome: str) -> pa.Table:
@@ -41,26 +44,6 @@ def route_problems(chains: pa.Table, problem_ids: list[str], *, run_id: str, mix
     return from_rows(rows, "routes")
 
 
-def pair_row(run_id: str, stage: str, route: str, chosen: dict, rejected: dict, prompt: str | None = None) -> dict:
-    """A DPO pair with lineage; scores are mean step scores of each chain."""
-    cs, rs = _mean(chosen["step_scores"]), _mean(rejected["step_scores"])
-    return {
-        "run_id": run_id,
-        "pair_id": stable_id("pair", chosen["chain_id"], rejected["chain_id"]),
-        "problem_id": chosen["problem_id"],
-        "stage": stage,
-        "route": route,
-        "prompt": chosen["prompt"] if prompt is None else prompt,
-        "chosen": chosen["text"],
-        "rejected": rejected["text"],
-        "chosen_chain_id": chosen["chain_id"],
-        "rejected_chain_id": rejected["chain_id"],
-        "chosen_score": cs,
-        "rejected_score": rs,
-        "margin": cs - rs,
-    }
-
-
 def generation_pairs(chains: pa.Table, routes: pa.Table, *, run_id: str) -> pa.Table:
     """Pairs from the generation stage: MAX vs MIN where exactly one is right."""
     by = {(r["problem_id"], r["branch"]): r for r in chains.to_pylist()}
@@ -74,53 +57,47 @@ def generation_pairs(chains: pa.Table, routes: pa.Table, *, run_id: str) -> pa.T
     return from_rows(rows, "pairs")
 
 
-# ---------------------------------------------------------------- Prefect wrapper
-
-from prefect import task  # noqa: E402
-
-from tasks.common import WORKLIST_STAGE, RunContext, persist_pairs  # noqa: E402
-
-STAGE = WORKLIST_STAGE
-
-
-def worklists(problems: pa.Table, chains: pa.Table, routes: pa.Table) -> dict[str, list[dict]]:
-    """Inputs of the self-correction and diversity stages: each problem with its MAX chain."""
+def worklists(problems: pa.Table, chains: pa.Table, routes: pa.Table, *, run_id: str) -> dict[str, pa.Table]:
+    """Inputs of the self-correction and diversity stages: each routed problem with its MAX chain."""
     q = {r["problem_id"]: r for r in problems.select(["problem_id", "question", "gold_answer"]).to_pylist()}
     mx = {r["problem_id"]: r for r in chains.to_pylist() if r["branch"] == "max"}
-    out: dict[str, list[dict]] = {"self_correction": [], "diversity": []}
+    out: dict[str, list[dict]] = {target: [] for target in WORKLIST_TARGETS.values()}
     for r in routes.to_pylist():
-        target = {"self_correction": "self_correction", "diversity_induction": "diversity"}.get(r["route"])
+        target = WORKLIST_TARGETS.get(r["route"])
         if target:
             c = mx[r["problem_id"]]
-            out[target].append({**q[r["problem_id"]], "chain_id": c["chain_id"], "steps": c["steps"], "text": c["text"],
-                                "step_scores": c["step_scores"]})
-    return out
+            out[target].append({"run_id": run_id, **q[r["problem_id"]], "chain_id": c["chain_id"], "steps": c["steps"],
+                                "text": c["text"], "step_scores": c["step_scores"]})
+    return {target: from_rows(rows, "worklist") for target, rows in out.items()}
 
 
-@task(name="route-and-pair", persist_result=False)
-def route_and_pair_task(run_dir: str) -> dict:
-    """Route every problem by its generation chains; write generation pairs and the
-    worklists of the self-correction and diversity stages. Returns the route counts.
+def route(problems: pa.Table, chains: pa.Table, section: GenerationStage, *, run_id: str) -> dict[str, pa.Table]:
+    """Route every problem by its generation chains: {"routes", "pairs" (generation pairs),
+    "worklist:<stage>" for each stage a route feeds}."""
+    routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=run_id, mixed_outcome=section.mixed_outcome)
+    lists = worklists(problems, chains, routes, run_id=run_id)
+    return {"routes": routes, "pairs": generation_pairs(chains, routes, run_id=run_id), **{f"worklist:{t}": w for t, w in lists.items()}}
 
-    The ``routes`` shard is written last and commits the stage.
-    """
+
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
+def routing_task(run_dir: str, shard: str, config_hash: str) -> str:
+    """Route every problem: write the worklists of the self-correction and diversity stages
+    (``worklist/routing/part-<stage>-<k>``, ``<stage>.shard_size`` problems each, listed in
+    ``_done/routing.manifest.json``), then the generation pairs and ``routes``; the stage
+    marker, written last, commits it."""
     ctx = RunContext.open(run_dir)
     store = ctx.store
-    if not store.is_done("routes", STAGE, "00000"):
-        chains = store.read_table("chains", "generation")
+    fp = ctx.fingerprint(config_hash, [("problems", "seeds"), ("chains", "generation")])
+    if not ctx.is_done(STAGE, shard, fp):
         problems = store.read_table("problems", "seeds")
-        routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=ctx.run_id,
-                                mixed_outcome=ctx.cfg.generation.mixed_outcome)
-        persist_pairs(ctx, STAGE, "00000", generation_pairs(chains, routes, run_id=ctx.run_id), problems)
+        out = route(problems, store.read_table("chains", "generation"), ctx.cfg.generation, run_id=ctx.run_id)
         manifest = {}
-        for target, rows in worklists(problems, chains, routes).items():
-            size = getattr(ctx.cfg, target).shard_size
-            manifest[target] = []
-            for k in range(0, len(rows), size):
-                shard = f"{k // size:05d}"
-                store.write("worklist", STAGE, f"{target}-{shard}", pa.Table.from_pylist(rows[k : k + size]))
-                manifest[target].append(shard)
+        for target in WORKLIST_TARGETS.values():
+            size, rows = getattr(ctx.cfg, target).shard_size, out[f"worklist:{target}"]
+            manifest[target] = [f"{k // size:05d}" for k in range(0, rows.num_rows, size)]
+            for k, sh in zip(range(0, rows.num_rows, size), manifest[target]):
+                store.write("worklist", STAGE, f"{target}-{sh}", rows.slice(k, size), fingerprint=fp)
+        store.prune("worklist", STAGE, [f"{t}-{sh}" for t, shards in manifest.items() for sh in shards])
         store.write_json(f"_done/{STAGE}.manifest.json", manifest)
-        store.write("routes", STAGE, "00000", routes)
-    routes = store.read_part("routes", STAGE, "00000").column("route").to_pylist()
-    return {r: routes.count(r) for r in ROUTES if routes.count(r)}
+        ctx.commit(STAGE, shard, {"pairs": out["pairs"], "routes": out["routes"]}, fp, problems=problems)
+    return str(store.part_path("routes", STAGE, shard))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from infra.backends.base import GenRequest, GenResult
+from infra.prm import PRMClient
 from infra.schemas import stable_id
 from tasks.answers import as_number, extract_answer, is_equivalent
 
@@ -211,9 +212,25 @@ SCORERS = {
 }
 
 
-def _prm(cfg, pool_cfg) -> StepScorer:
-    from tasks.prm import PRMScorer
+class PRMScorer:
+    """A process reward model's value of each candidate: P(positive) at the candidate's step
+    tag, given the question and the steps before it (``infra.prm.PRMClient``)."""
 
+    name = "prm"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None, **client_options):
+        self.client = PRMClient(base_url, model, **client_options)
+
+    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
+        out: list[list[float | None]] = [[None] * len(it.candidates) for it in items]
+        where = [(i, j) for i, it in enumerate(items) for j, c in enumerate(it.candidates) if c]
+        texts = [self.client.render(items[i].question, (*items[i].prefix_steps, items[i].candidates[j])) for i, j in where]
+        for (i, j), value in zip(where, self.client.positive_at_last_tag(texts) if texts else []):
+            out[i][j] = value
+        return out
+
+
+def _prm(cfg, pool_cfg) -> StepScorer:
     if cfg.prm_backend is not None:  # the PRM on a reward pool of Ray actors
         from infra.config import PoolConfig
         from infra.pool import get_pool

@@ -15,11 +15,17 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from infra.config import BuiltinSeeds, FileSeeds
+from infra.config import BuiltinSeeds, FileSeeds, RunConfig
 from infra.schemas import from_rows, stable_id
+from infra.storage import file_sha256
+from infra.tiny.worldgen import Difficulty, generate
 from tasks.answers import ANSWER_RE, last_boxed, normalize_gold
-from tasks.worldgen import Difficulty, generate
+from tasks.common import RunContext
+
+STAGE = "seeds"
 
 QUARANTINE_ROW_CHARS = 4000
 
@@ -180,32 +186,39 @@ def load_seeds(cfg: BuiltinSeeds | FileSeeds, run_id: str) -> tuple[pa.Table, pa
     return file_problems(cfg, run_id)
 
 
-# ---------------------------------------------------------------- Prefect wrapper
-
-from prefect import task  # noqa: E402
-
-from tasks.common import RunContext, persist  # noqa: E402
-
-STAGE = "seeds"
+def source_hash(cfg: BuiltinSeeds | FileSeeds) -> str:
+    """Content hash of the seed files (built-in seeds: none; their config is the source)."""
+    if isinstance(cfg, BuiltinSeeds):
+        return ""
+    return ",".join(file_sha256(Path(p)) if Path(p).is_file() else f"missing:{p}" for p in cfg.paths)
 
 
-@task(name="load-seeds", persist_result=False)
-def seeds_task(run_dir: str) -> list[str]:
-    """Load seeds, quarantine bad rows, write validated ``problems`` shards; returns shard ids.
+def shard_problems(problems: pa.Table, size: int) -> dict[str, pa.Table]:
+    """Consecutive shards of ``size`` problems, keyed ``00000``, ``00001``, ..."""
+    return {f"{k:05d}": problems.slice(start, size) for k, start in enumerate(range(0, problems.num_rows, size))}
 
-    Idempotent: a finished manifest means the shards are all written, and they are reused.
-    """
+
+def manifest_shards(run_dir: str) -> list[str]:
+    """The problems shards of the run (the generation stage's shards)."""
+    manifest = Path(run_dir) / "_done" / f"{STAGE}.manifest.json"
+    return json.loads(manifest.read_text())["shards"] if manifest.is_file() else []
+
+
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
+def seeds_task(run_dir: str, shard: str, config_hash: str) -> str:
+    """Load seeds, quarantine bad rows, write validated ``problems`` shards of
+    ``generation.shard_size`` and ``_done/seeds.manifest.json`` listing them; shards of an
+    earlier, different sharding are moved aside. Returns the manifest path."""
     ctx = RunContext.open(run_dir)
-    manifest = ctx.store.run_dir / "_done" / "seeds.manifest.json"
-    if manifest.is_file():
-        return json.loads(manifest.read_text())["shards"]
-    problems, bad = load_seeds(ctx.cfg.seeds, ctx.run_id)
-    ctx.store.write("quarantine", "seeds-parse", "00000", bad)
-    size = ctx.cfg.generation.shard_size
-    shards = []
-    for k, start in enumerate(range(0, problems.num_rows, size)):
-        shard = f"{k:05d}"
-        persist(ctx, "problems", STAGE, shard, problems.slice(start, size))
-        shards.append(shard)
-    ctx.store.write_json("_done/seeds.manifest.json", {"shards": shards, "problems": problems.num_rows, "quarantined": bad.num_rows})
-    return shards
+    cfg: RunConfig = ctx.cfg
+    fp = {**ctx.fingerprint(config_hash, []), "source": source_hash(cfg.seeds)}
+    if not ctx.is_done(STAGE, shard, fp):
+        problems, bad = load_seeds(cfg.seeds, ctx.run_id)
+        ctx.store.write("quarantine", "seeds-parse", "00000", bad, fingerprint=fp)
+        shards = shard_problems(problems, cfg.generation.shard_size)
+        for sh, part in shards.items():
+            ctx.persist("problems", STAGE, sh, part, fingerprint=fp)
+        ctx.store.prune("problems", STAGE, list(shards))
+        ctx.store.write_json(f"_done/{STAGE}.manifest.json", {"shards": list(shards), "problems": problems.num_rows, "quarantined": bad.num_rows})
+        ctx.store.mark_stage_done(STAGE, shard, fp, [])
+    return str(ctx.store.run_dir / "_done" / f"{STAGE}.manifest.json")

@@ -13,17 +13,18 @@ whole solutions), so they train like every other pair.
 from __future__ import annotations
 
 import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from infra.config import RunConfig
-from infra.prompts import Template
+from infra.config import SelfCorrectionStage
+from infra.prompts import Template, load_template
 from infra.schemas import from_rows, require
-from tasks.generation import chain_row
-from tasks.routing import pair_row
-from tasks.scorers import StepScorer
-from tasks.search import Generate, SearchProblem, pruned_search
+from tasks.common import RunContext, is_transient
+from tasks.engine import Engine
+from tasks.rows import chain_row, pair_row
+from tasks.search import SearchProblem
 
 STAGE = "self_correction"
-WORKLIST_COLUMNS = ["problem_id", "question", "gold_answer", "chain_id", "steps", "step_scores"]
 
 
 def correction_start(steps: list[str], scores: list[float], unknown_score: float) -> tuple[str, tuple[str, ...], tuple[float, ...]]:
@@ -34,31 +35,28 @@ def correction_start(steps: list[str], scores: list[float], unknown_score: float
     return (steps[-1] if steps else "(no answer)"), (), ()
 
 
-def self_correct(
-    worklist: pa.Table, generate: Generate, scorer: StepScorer, cfg: RunConfig, *, run_id: str, model: str,
-    review: Template, solve: Template, config_hash: str,
-) -> tuple[pa.Table, pa.Table]:
-    """(chains, pairs) for one shard of failed problems."""
-    for col in WORKLIST_COLUMNS:
-        if col not in worklist.column_names:
-            raise ValueError(f"self-correction worklist lacks column {col!r}")
+def self_correct(worklist: pa.Table, section: SelfCorrectionStage, engine: Engine, solve: Template) -> dict[str, pa.Table]:
+    """{"chains": corrected MAX/MIN chains, "pairs": correction pairs} for one worklist shard
+    of failed problems; ``solve`` is the generation prompt the pairs are trained with."""
+    require(worklist, "worklist", ["problem_id", "question", "gold_answer", "chain_id", "steps", "step_scores"])
+    review = load_template(section.prompt_template)
     rows = worklist.to_pylist()
     problems = []
     for r in rows:
-        wrong, keep, kept_scores = correction_start(r["steps"], r["step_scores"], cfg.scorer.unknown_score)
+        wrong, keep, kept_scores = correction_start(r["steps"], r["step_scores"], engine.unknown_score)
         problems.append(SearchProblem(r["problem_id"], r["question"], review.render(question=r["question"], wrong_step=wrong),
                                       r["gold_answer"], keep, kept_scores))
-    chains = pruned_search(problems, generate, scorer, cfg.search, seed=cfg.seed + 1, unknown_score=cfg.scorer.unknown_score)
+    chains = engine.search_chains(problems, seed_offset=1)
     by_id = {r["problem_id"]: r for r in rows}
-    out = []
-    for c, p in zip(chains, [p for p in problems for _ in range(2)]):
-        out.append(chain_row(c, by_id[c.problem_id], run_id=run_id, stage=STAGE, model=model, cfg=cfg, template=review,
-                             prompt=p.prompt, config_hash=config_hash, scorer=scorer.name, parent=by_id[c.problem_id]["chain_id"]))
+    out = [chain_row(c, by_id[c.problem_id], stage=STAGE, engine=engine, template=review, prompt=p.prompt,
+                     parent=by_id[c.problem_id]["chain_id"])
+           for c, p in zip(chains, [p for p in problems for _ in range(2)])]
     table = from_rows(out, "chains")
-    return table, correction_pairs(table, solve, {r["problem_id"]: r["question"] for r in rows}, run_id=run_id)
+    return {"chains": table, "pairs": correction_pairs(table, solve, {r["problem_id"]: r["question"] for r in rows}, run_id=engine.run_id)}
 
 
 def correction_pairs(chains: pa.Table, solve: Template, questions: dict[str, str], *, run_id: str) -> pa.Table:
+    """Corrected chain that reaches gold vs the one that stays wrong, only when exactly one is right."""
     require(chains, "chains", ["problem_id", "branch", "correct", "text", "chain_id", "step_scores"])
     by: dict[str, dict[str, dict]] = {}
     for r in chains.to_pylist():
@@ -73,30 +71,15 @@ def correction_pairs(chains: pa.Table, solve: Template, questions: dict[str, str
     return from_rows(rows, "pairs")
 
 
-# ---------------------------------------------------------------- Prefect wrapper
-
-from prefect import task  # noqa: E402
-
-from infra.prompts import load_template  # noqa: E402
-from tasks.common import RunContext, model_shard, worklist_cache_key  # noqa: E402
-from tasks.generation import is_transient  # noqa: E402
-from tasks.scorers import build_scorer  # noqa: E402
-
-SECTIONS = ("seed", "policy", "search", "scorer", "self_correction", "generation")
-
-
-@task(name="self-correct-shard", task_run_name="self-correct-{shard}", cache_key_fn=worklist_cache_key(STAGE, SECTIONS),
-      persist_result=True, retries=2, retry_delay_seconds=2, retry_condition_fn=is_transient)
-def self_correct_shard(run_dir: str, shard: str) -> str:
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
+def self_correction_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Self-correction over one worklist shard -> validated ``chains`` and ``pairs`` shards."""
     ctx = RunContext.open(run_dir)
-    cfg = ctx.cfg
-
-    def compute(worklist, pool):
-        return self_correct(
-            worklist, pool.generate, build_scorer(cfg.scorer, pool.generate, cfg.search, cfg.seed, cfg.pool), cfg,
-            run_id=ctx.run_id, model=pool.model_name, review=load_template(cfg.self_correction.prompt_template),
-            solve=load_template(cfg.generation.prompt_template), config_hash=cfg.stage_hash(*SECTIONS),
-        )
-
-    return model_shard(ctx, STAGE, shard, cfg.self_correction.policy or cfg.policy, compute)
+    part = f"{STAGE}-{shard}"
+    fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
+    if not ctx.is_done(STAGE, shard, fp):
+        worklist = ctx.store.read_part("worklist", "routing", part)
+        engine = ctx.engine(ctx.cfg.self_correction.policy or ctx.cfg.policy, config_hash)
+        out = self_correct(worklist, ctx.cfg.self_correction, engine, load_template(ctx.cfg.generation.prompt_template))
+        ctx.commit(STAGE, shard, out, fp, problems=worklist)
+    return str(ctx.store.part_path("chains", STAGE, shard))

@@ -4,17 +4,23 @@ Candidates are the chains that reach gold, in a fixed order (generation MAX, gen
 MIN, self-correction, diversity). Exact duplicates are dropped, then near-duplicates:
 a chain whose MinHash Jaccard estimate (word ``shingle``-grams, ``num_perm``
 permutations, datasketch bulk API) with an already kept chain of the same problem is at
-or above ``near_duplicate_threshold``. Each row keeps its chain id (lineage).
+or above ``dedup.near_duplicate_threshold``. Each row keeps its chain id (lineage).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from infra.config import SFTConfig
-from infra.schemas import from_rows, stable_id
+from infra.config import DedupConfig
+from infra.prompts import load_template
+from infra.schemas import from_rows, require, stable_id
+from tasks.checks import problem_context
+from tasks.common import RunContext
 
+STAGE = "sft"
 STAGE_ORDER = {"generation": 0, "self_correction": 1, "diversity": 2}
 
 
@@ -25,19 +31,21 @@ def shingles(text: str, n: int) -> list[bytes]:
     return [" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)]
 
 
-def minhashes(texts: list[str], cfg: SFTConfig) -> list:
+def minhashes(texts: list[str], cfg: DedupConfig) -> list:
+    """One MinHash per text (word ``cfg.shingle``-grams, ``cfg.num_perm`` permutations, seed 1):
+    the SFT dedup and the QDC near-duplicate rate use the same sketches."""
     from datasketch import MinHash
 
-    return list(MinHash.bulk([shingles(t, cfg.shingle) for t in texts], num_perm=cfg.num_perm, seed=1))
+    return list(MinHash.bulk([shingles(t, cfg.shingle) for t in texts], num_perm=cfg.num_perm, seed=1)) if texts else []
 
 
-def distinct_correct(chains: pa.Table, prompts: dict[str, str], cfg: SFTConfig, *, run_id: str) -> pa.Table:
+def distinct_correct(chains: pa.Table, prompts: dict[str, str], cfg: DedupConfig, *, run_id: str) -> pa.Table:
     """SFT rows (prompt, completion, chain_id, ...) from all chains of a run."""
+    require(chains, "chains", ["problem_id", "chain_id", "stage", "branch", "text", "correct"])
     rows = [r for r in chains.select(["problem_id", "chain_id", "stage", "branch", "text", "correct"]).to_pylist() if r["correct"]]
     rows.sort(key=lambda r: (r["problem_id"], STAGE_ORDER.get(r["stage"], 9), r["branch"] != "max", r["chain_id"]))
-    hashes = minhashes([r["text"] for r in rows], cfg) if rows else []
     out, kept_by_problem = [], {}
-    for r, h in zip(rows, hashes):
+    for r, h in zip(rows, minhashes([r["text"] for r in rows], cfg)):
         kept = kept_by_problem.setdefault(r["problem_id"], [])
         if any(r["text"] == k["text"] or h.jaccard(kh) >= cfg.near_duplicate_threshold for k, kh in kept):
             continue
@@ -54,27 +62,25 @@ def distinct_correct(chains: pa.Table, prompts: dict[str, str], cfg: SFTConfig, 
     return from_rows(out, "sft")
 
 
-def jaccard_matrix(texts: list[str], cfg: SFTConfig) -> np.ndarray:
+def sft_set(problems: pa.Table, chains: pa.Table, dedup: DedupConfig, prompt_template: str, *, run_id: str) -> dict[str, pa.Table]:
+    """{"sft": the distinct correct chains of every stage, with their problems' solve prompts}."""
+    _, prompts = problem_context(problems, load_template(prompt_template))
+    return {"sft": distinct_correct(chains, prompts, dedup, run_id=run_id)}
+
+
+def jaccard_matrix(texts: list[str], cfg: DedupConfig) -> np.ndarray:
     """Pairwise MinHash Jaccard estimates (for tests and reports)."""
     hs = minhashes(texts, cfg)
     return np.array([[a.jaccard(b) for b in hs] for a in hs])
 
 
-# ---------------------------------------------------------------- Prefect wrapper
-
-from prefect import task  # noqa: E402
-
-from tasks.common import RunContext, persist, problem_context, sft_checks  # noqa: E402
-
-STAGE = "sft"
-
-
-@task(name="build-sft", persist_result=False)
-def sft_task(run_dir: str) -> int:
-    """Write the validated ``sft`` table from every stage's chains; returns its row count."""
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
+def sft_task(run_dir: str, shard: str, config_hash: str) -> str:
+    """Write the validated ``sft`` table from every stage's chains (its path)."""
     ctx = RunContext.open(run_dir)
-    if not ctx.store.is_done("sft", STAGE, "00000"):
-        gold, prompts = problem_context(ctx)
-        table = distinct_correct(ctx.store.read_table("chains"), prompts, ctx.cfg.sft, run_id=ctx.run_id)
-        persist(ctx, "sft", STAGE, "00000", table, extra=sft_checks(table, gold, prompts))
-    return ctx.store.read_part("sft", STAGE, "00000").num_rows
+    fp = ctx.fingerprint(config_hash, [("problems", "seeds"), ("chains", None)])
+    if not ctx.is_done(STAGE, shard, fp):
+        problems = ctx.store.read_table("problems", "seeds")
+        out = sft_set(problems, ctx.store.read_table("chains"), ctx.cfg.dedup, ctx.cfg.generation.prompt_template, run_id=ctx.run_id)
+        ctx.commit(STAGE, shard, out, fp, problems=problems)
+    return str(ctx.store.part_path("sft", STAGE, shard))

@@ -83,6 +83,20 @@ class TextGenerator(Protocol):
     def close(self) -> None: ...
 
 
+def chat_messages(r: GenRequest, system_prompt: str | None = None) -> list[dict]:
+    """The request as chat messages: optional system, the user prompt, and the prefix as an
+    assistant turn for the server to continue (present only when the prefix is non-empty)."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": r.prompt}]
+    if r.prefix:
+        messages.append({"role": "assistant", "content": r.prefix})
+    return messages
+
+
+def strip_echo(text: str, prefix: str) -> str:
+    """``text`` without a leading copy of the prefilled assistant ``prefix`` (llama.cpp echoes it)."""
+    return text[len(prefix) :] if prefix and text.startswith(prefix) else text
+
+
 def sample_seed(seed: int, j: int) -> int:
     """Seed of sample ``j`` of a request: independent streams, stable across batching."""
     return (seed * 1_000_003 + j * 7_919 + 17) & 0x7FFFFFFF

@@ -24,7 +24,9 @@ from infra.backends.base import (
     GenRequest,
     GenResult,
     InvalidRequest,
+    chat_messages,
     sample_seed,
+    strip_echo,
 )
 from infra.config import LlamaCppBackend
 
@@ -83,10 +85,7 @@ class LlamaCppGenerator:
             "logprobs": True,
         }
         if self.cfg.chat_template:
-            messages = [{"role": "system", "content": self.cfg.system_prompt}, {"role": "user", "content": r.prompt}]
-            if r.prefix:
-                messages.append({"role": "assistant", "content": r.prefix})
-            out = self.server.handle_chat_completions({**body, "messages": messages})
+            out = self.server.handle_chat_completions({**body, "messages": chat_messages(r, self.cfg.system_prompt)})
         else:
             out = self.server.handle_completions({**body, "prompt": r.prompt + r.prefix, "n_probs": 1})
         if "error" in out:
@@ -95,8 +94,8 @@ class LlamaCppGenerator:
             raise cls(f"llama.cpp: {err.get('message', err)}")
         choice = out["choices"][0]
         text = choice["message"]["content"] if self.cfg.chat_template else choice["text"]
-        if self.cfg.chat_template and r.prefix and text.startswith(r.prefix):
-            text = text[len(r.prefix) :]  # llama.cpp echoes the prefilled assistant text
+        if self.cfg.chat_template:
+            text = strip_echo(text, r.prefix)
         lp = choice.get("logprobs") or {}
         logprob = sum(t["logprob"] for t in lp.get("content") or []) if lp else None
         usage = out.get("usage", {})

@@ -38,7 +38,9 @@ from infra.backends.base import (
     GenRequest,
     GenResult,
     InvalidRequest,
+    chat_messages,
     sample_seed,
+    strip_echo,
 )
 from infra.config import OpenAIBackend
 
@@ -120,12 +122,9 @@ class OpenAIGenerator:
             body["seed"] = sample_seed(r.seed, j)
         body.update(self.cfg.extra_body)
         if self.cfg.endpoint == "chat":
-            messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []) + [
-                {"role": "user", "content": r.prompt}]
+            body["messages"] = chat_messages(r, self.cfg.system_prompt)
             if r.prefix:
-                messages.append({"role": "assistant", "content": r.prefix})
                 body.update(continue_final_message=True, add_generation_prompt=False)
-            body["messages"] = messages
             if r.logprobs:
                 body["logprobs"] = True
             return "/chat/completions", body
@@ -137,9 +136,7 @@ class OpenAIGenerator:
     def _parse(self, r: GenRequest, out: dict) -> tuple[Completion, int]:
         choice = out["choices"][0]
         if self.cfg.endpoint == "chat":
-            text = choice["message"]["content"] or ""
-            if r.prefix and text.startswith(r.prefix):
-                text = text[len(r.prefix) :]  # llama.cpp echoes the prefilled assistant text
+            text = strip_echo(choice["message"]["content"] or "", r.prefix)
         else:
             text = choice["text"]
         if not isinstance(text, str):

@@ -1,7 +1,7 @@
 """``vllm`` backend: one ``vllm.LLM`` engine per Ray actor, on that actor's GPUs.
 
 Built inside the actor (never in the Prefect driver, which must not import vLLM: it pins
-fastapi and CUDA torch, see STACK.md); the actor runs in the GPU workers' environment
+fastapi and CUDA torch; README, "GPU workers"); the actor runs in the GPU workers' environment
 (``pool.runtime_env``, or a worker image). Before the engine starts, ``VLLM_DP_*`` is
 cleared (a data-parallel launcher's variables would make each engine wait for peers) and
 tensor parallelism uses vLLM's multiprocessing executor inside the actor (no Ray executor
@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from infra.backends.base import BackendUnavailable, Completion, GenRequest, GenResult, InvalidRequest
+from infra.backends.base import BackendUnavailable, Completion, GenRequest, GenResult, InvalidRequest, chat_messages
 from infra.config import VLLMBackend
 
 OOM_MARKERS = ("out of memory", "no available memory for the cache blocks", "insufficient memory", "cuda error: out of memory")
@@ -100,10 +100,7 @@ class VLLMGenerator:
     def render(self, r: GenRequest) -> str:
         if not self.cfg.chat_template:
             return r.prompt + r.prefix
-        messages = [{"role": "user", "content": r.prompt}]
-        if r.prefix:
-            messages.append({"role": "assistant", "content": r.prefix})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not r.prefix,
+        return self.tokenizer.apply_chat_template(chat_messages(r), tokenize=False, add_generation_prompt=not r.prefix,
                                                   continue_final_message=bool(r.prefix))
 
     def sampling_params(self, r: GenRequest):

@@ -1,7 +1,7 @@
 """The ``tiny`` language model: a word-level tokenizer and a small decoder-only transformer.
 
 It is a real autoregressive LM, trained by ``infra.tiny.train`` on the step format of
-``tasks.worldgen``. Its errors are real sampling errors (arithmetic slips, copied wrong
+``infra.tiny.worldgen``. Its errors are real sampling errors (arithmetic slips, copied wrong
 numbers), which is what the SPHERE search, the scorers and the routing need to exercise.
 
 Limits: it only knows its own problem family and vocabulary; out-of-vocabulary words map

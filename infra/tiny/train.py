@@ -8,7 +8,7 @@ It writes ``tiny-policy.pt`` (the best greedy accuracy seen) and ``tiny-small.pt
 first checkpoint whose held-out greedy accuracy reaches ``--small-at``, a weaker policy
 for diversity induction), plus ``tiny-train-log.json`` with the accuracy curve.
 
-Training documents are the solution format of ``tasks.worldgen``; a share of them are
+Training documents are the solution format of ``infra.tiny.worldgen``; a share of them are
 "review" documents that show one wrong step before the answer, so the model can condition
 on a failed attempt in self-correction. Loss is taken on the answer tokens only.
 """
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from infra.tiny.model import BOS, EOS, PAD, TinyConfig, TinyLM, Tokenizer, sample, save_checkpoint
-from tasks.worldgen import Difficulty, WorldProblem, make_problem
+from infra.tiny.worldgen import Difficulty, WorldProblem, make_problem
 
 PROMPT = "Question: {question}\nAnswer:\n"
 REVIEW_PROMPT = "Question: {question}\nReview: {wrong_step} is wrong.\nAnswer:\n"

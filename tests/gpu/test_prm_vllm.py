@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tasks.prm import PRMScorer
+from tasks.scorers import PRMScorer
 from tasks.scorers import ScoreItem
 
 pytestmark = pytest.mark.gpu

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from infra.backends.base import BackendError
-from tasks.prm import PRMScorer
+from tasks.scorers import PRMScorer
 from tasks.scorers import ScoreItem, step_verdict
 
 TAG = "<extra_0>"

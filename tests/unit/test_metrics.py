@@ -7,7 +7,7 @@ from vendi_score import vendi as reference
 from infra.config import RunConfig
 from infra.schemas import CHAINS, from_rows
 from infra.storage import RunStore
-from tasks.embed import HashedEmbedder, hashed_ngrams
+from infra.embed import HashedEmbedder, hashed_ngrams
 from tasks.metrics import (DistinctCounter, TextDiversity, VendiAccumulator, compression_ratio, compute_metrics, count_strategies,
                            distinct_n, near_duplicate_rate, vendi)
 
@@ -109,7 +109,7 @@ def test_metrics_do_not_depend_on_the_batch_size(tmp_path):
     got = {}
     for rows in (64, 100_000):
         cfg = RunConfig.model_validate({"metrics": {"embedder": "hashed", "batch_rows": rows}})
-        got[rows] = {(r["stage"], r["metric"]): r["value"] for r in compute_metrics(store, cfg, HashedEmbedder()).to_pylist()}
+        got[rows] = {(r["stage"], r["metric"]): r["value"] for r in compute_metrics(store, cfg.metrics, cfg.dedup, HashedEmbedder()).to_pylist()}
     assert got[64].keys() == got[100_000].keys()
     for k, v in got[64].items():
         assert v == pytest.approx(got[100_000][k], rel=1e-6, abs=1e-9), k

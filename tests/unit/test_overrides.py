@@ -19,11 +19,11 @@ def test_dotted_overrides_set_leaves_and_replace_whole_values():
 
 
 def test_rerun_can_switch_a_backend_kind_and_logs_the_change(tmp_path):
-    from flows.pipeline import record_rerun
+    from flows.pipeline import record_config_change
 
     store = RunStore(tmp_path, "r")
     store.save_config(RunConfig.model_validate({"self_correction": {"policy": {"kind": "tiny", "checkpoint": "small"}}}).model_dump(mode="json"))
-    entry = record_rerun(str(store.run_dir), "self_correction", {"self_correction.policy": {"kind": "llamacpp", "model_path": "m.gguf"}})
+    entry = record_config_change(str(store.run_dir), "self_correction", {"self_correction.policy": {"kind": "llamacpp", "model_path": "m.gguf"}})
     cfg = RunConfig.model_validate(store.load_config())
     assert cfg.self_correction.policy.kind == "llamacpp" and cfg.self_correction.policy.model_path == "m.gguf"
     assert entry["changes"]["self_correction.policy"]["old"]["checkpoint"] == "small"
@@ -34,11 +34,11 @@ def test_rerun_can_switch_a_backend_kind_and_logs_the_change(tmp_path):
 def test_overrides_that_do_not_validate_leave_the_stored_config_alone(tmp_path):
     from pydantic import ValidationError
 
-    from flows.pipeline import record_rerun
+    from flows.pipeline import record_config_change
 
     store = RunStore(tmp_path, "r")
     store.save_config(RunConfig().model_dump(mode="json"))
     before = store.load_config()
     with pytest.raises(ValidationError):
-        record_rerun(str(store.run_dir), "diversity", {"diversity.candidates": 1})
+        record_config_change(str(store.run_dir), "diversity", {"diversity.candidates": 1})
     assert store.load_config() == before and not (store.run_dir / "reruns.jsonl").exists()

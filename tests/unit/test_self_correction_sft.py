@@ -1,6 +1,6 @@
 import pytest
 
-from infra.config import RunConfig, SFTConfig
+from infra.config import DedupConfig, RunConfig
 from infra.prompts import load_template
 from infra.schemas import from_rows
 from tasks.self_correction import correction_pairs, correction_start
@@ -43,10 +43,10 @@ def test_sft_keeps_distinct_correct_chains_and_drops_duplicates():
     rows = [chain("p", "c1", "generation", "max", BASE, True), chain("p", "c2", "generation", "min", BASE, True),
             chain("p", "c3", "diversity", "max", near, True), chain("p", "c4", "diversity", "min", other, True),
             chain("p", "c5", "self_correction", "max", "#### 25", False), chain("q", "c6", "generation", "max", BASE, True)]
-    sft = distinct_correct(from_rows(rows, "chains"), {"p": "P", "q": "Q"}, SFTConfig(near_duplicate_threshold=0.6), run_id="r")
+    sft = distinct_correct(from_rows(rows, "chains"), {"p": "P", "q": "Q"}, DedupConfig(near_duplicate_threshold=0.6), run_id="r")
     assert sft.column("chain_id").to_pylist() == ["c1", "c4", "c6"]  # exact dup c2 and near dup c3 dropped; wrong c5 never in
     assert sft.column("prompt").to_pylist() == ["P", "P", "Q"]
-    j = jaccard_matrix([BASE, near, other], SFTConfig())
+    j = jaccard_matrix([BASE, near, other], DedupConfig())
     assert j[0, 1] >= 0.6 > j[0, 2]
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from infra.backends.tiny import NAMED
 from infra.tiny.model import load_checkpoint, sample
-from tasks.worldgen import generate
+from infra.tiny.worldgen import generate
 
 
 @pytest.fixture(scope="module")

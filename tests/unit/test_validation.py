@@ -1,5 +1,12 @@
 from infra.schemas import from_rows
 from infra.validation import validate
+from tasks.checks import chain_checks
+
+
+def validate_chains(rows):
+    """The chains suite as the stages run it: with the answer re-check of ``tasks.checks``."""
+    table = from_rows(rows, "chains")
+    return validate("chains", table, chain_checks(table))
 
 
 def chain(cid, verdict, correct, answer, gold="8", steps=("5+3=8.", "#### 8"), scores=(1.0, 1.0)):
@@ -19,14 +26,14 @@ def test_chain_suite_quarantines_inconsistent_rows_and_keeps_good_ones():
         chain("count", "wrong", False, "9", steps=("a",), scores=(0.1, 0.2)),  # n_steps vs lists
         chain("good", "wrong", False, "9"),  # duplicate id
     ]
-    out = validate("chains", from_rows(rows, "chains"))
+    out = validate_chains(rows)
     assert out.good.num_rows == 0 or out.good.column("chain_id").to_pylist() == []
     reasons = {b["row"]["chain_id"] + ":" + str(i): b["reason"] for i, b in enumerate(out.bad_rows)}
     assert len(out.bad_rows) == 6
     assert "_verdict_consistent" in reasons["lies:1"] and "_verdict_consistent" in reasons["flag:2"]
     assert "_scores_in_range" in reasons["range:3"] and "_n_steps_ok" in reasons["count:4"]
     assert "unique(chain_id)" in reasons["good:0"]
-    ok = validate("chains", from_rows([chain("a", "correct", True, "8"), chain("b", "no_answer", False, None)], "chains"))
+    ok = validate_chains([chain("a", "correct", True, "8"), chain("b", "no_answer", False, None)])
     assert ok.good.num_rows == 2 and ok.bad_rows == [] and all(r["success"] for r in ok.results)
 
 

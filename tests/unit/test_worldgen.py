@@ -1,7 +1,7 @@
 from fractions import Fraction
 
 from tasks.scorers import equations, first_wrong_step
-from tasks.worldgen import Difficulty, generate
+from infra.tiny.worldgen import Difficulty, generate
 
 
 def test_same_seed_same_problems_and_different_seed_differs():

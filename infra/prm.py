@@ -1,13 +1,14 @@
-"""``prm`` step scorer: a process reward model behind an OpenAI-compatible pooling endpoint,
-or on a reward pool of Ray GPU actors (``scorer.prm_backend``: ``pool_fn`` = ``EnginePool.reward``,
-which returns the same per-tag [negative, positive] rows as ``/pooling``).
+"""A process reward model client: behind an OpenAI-compatible pooling endpoint, or on a
+reward pool of Ray GPU actors (``scorer.prm_backend``: ``pool_fn`` = ``EnginePool.reward``,
+which returns the same per-tag [negative, positive] rows as ``/pooling``). The ``prm`` step
+scorer (``tasks.scorers.PRMScorer``) renders candidates and reads the values through it.
 
 Serve e.g. Qwen2.5-Math-PRM-7B with vLLM (``vllm serve Qwen/Qwen2.5-Math-PRM-7B --task
-reward``; STEP pooling on ``<extra_0>``, softmax over [negative, positive]). For each
-candidate the scorer renders question + steps so far + candidate, each step followed by the
-step tag, POSTs the batch to ``{base_url}/pooling`` and takes the positive-class
-probability at the last tag as the candidate's value. One HTTP request per depth and
-chunk; HTTP and timeout failures raise ``BackendError`` (retried as infrastructure).
+reward``; STEP pooling on ``<extra_0>``, softmax over [negative, positive]). ``render``
+writes question + steps, each step followed by the step tag; ``positive_at_last_tag`` POSTs
+a batch to ``{base_url}/pooling`` (in chunks of ``batch_size``) and returns, per text, the
+positive-class probability at its last tag (None when the model returned no tag). HTTP and
+timeout failures raise ``BackendError`` (retried as infrastructure).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import os
 
 from infra.backends.base import BackendError, BackendTimeout
-from tasks.scorers import ScoreItem
 
 QWEN_PRM_TEMPLATE = (
     "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
@@ -23,9 +23,7 @@ QWEN_PRM_TEMPLATE = (
 )
 
 
-class PRMScorer:
-    name = "prm"
-
+class PRMClient:
     def __init__(self, base_url: str | None = None, model: str | None = None, *, template: str = QWEN_PRM_TEMPLATE,
                  step_tag: str = "<extra_0>", timeout_s: float = 120.0, batch_size: int = 64,
                  api_key_env: str = "SPHERE_PRM_API_KEY", pool_fn=None):
@@ -37,9 +35,8 @@ class PRMScorer:
             headers = {"Authorization": f"Bearer {os.environ[api_key_env]}"} if os.environ.get(api_key_env) else {}
             self.client = httpx.Client(base_url=(base_url or "").rstrip("/"), timeout=timeout_s, headers=headers)
 
-    def render(self, item: ScoreItem, candidate: str) -> str:
-        steps = "".join(f"{s}{self.tag}" for s in (*item.prefix_steps, candidate))
-        return self.template.format(question=item.question, steps=steps)
+    def render(self, question: str, steps: tuple[str, ...]) -> str:
+        return self.template.format(question=question, steps="".join(f"{s}{self.tag}" for s in steps))
 
     def _pool(self, texts: list[str]) -> list[list[list[float]]]:
         if self.pool_fn is not None:
@@ -59,12 +56,9 @@ class PRMScorer:
             raise BackendError(f"PRM endpoint returned {len(data)} results for {len(texts)} inputs")
         return [d["data"] for d in data]
 
-    def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
-        out: list[list[float | None]] = [[None] * len(it.candidates) for it in items]
-        where = [(i, j) for i, it in enumerate(items) for j, c in enumerate(it.candidates) if c]
-        for k in range(0, len(where), self.batch_size):
-            chunk = where[k : k + self.batch_size]
-            pooled = self._pool([self.render(items[i], items[i].candidates[j]) for i, j in chunk])
-            for (i, j), per_tag in zip(chunk, pooled):
-                out[i][j] = float(per_tag[-1][1]) if per_tag else None  # P(positive) at the candidate's tag
+    def positive_at_last_tag(self, texts: list[str]) -> list[float | None]:
+        """P(positive) at each text's last step tag, in order."""
+        out: list[float | None] = []
+        for k in range(0, len(texts), self.batch_size):
+            out.extend(float(per_tag[-1][1]) if per_tag else None for per_tag in self._pool(texts[k : k + self.batch_size]))
         return out

@@ -1,0 +1,167 @@
+"""Every stage of the factory, declared once.
+
+A ``Stage`` is a plain value: its name (the one name it has everywhere: subflow, task,
+``<table>/<stage>/`` folders, ``sphere rerun --stage``), the Prefect task that computes one
+shard (``task(run_dir, shard, config_hash) -> path``; its module holds the pure function),
+the tables it reads and writes, the config values its output depends on (dotted paths;
+their hash is part of every shard's fingerprint), the stages it runs after, how to list its
+shards, the backend it runs on (model stages) and whether a config enables it.
+
+The run order, the downstream sets, the CLI's ``--stage`` choices, the rerun's superseded
+outputs and the fingerprints are derived from ``STAGES``. ``check_stages`` refuses, before
+any work, a set of stages in which an enabled stage reads a table that no earlier enabled
+stage writes. Adding a stage is one declaration here plus its module in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from infra.config import RunConfig
+from tasks.diversity import diversity_task
+from tasks.generation import generation_task
+from tasks.metrics import metrics_task
+from tasks.routing import routing_task
+from tasks.seeds import manifest_shards, seeds_task
+from tasks.self_correction import self_correction_task
+from tasks.sft import sft_task
+
+IMPLICIT_WRITES = ("quarantine", "validation")  # every stage's commit writes its rejected rows and suite results
+
+
+class StageGraphError(ValueError):
+    """The declared stages do not form a runnable graph (unknown or circular ``after``, or a
+    stage that reads a table no earlier stage writes)."""
+
+
+def one_shard(run_dir: str) -> list[str]:
+    return ["00000"]
+
+
+def worklist_shards(stage: str) -> Callable[[str], list[str]]:
+    """The shards routing wrote for ``stage`` (``_done/routing.manifest.json``)."""
+
+    def shards(run_dir: str) -> list[str]:
+        manifest = Path(run_dir) / "_done" / "routing.manifest.json"
+        return json.loads(manifest.read_text()).get(stage, []) if manifest.is_file() else []
+
+    return shards
+
+
+def always(cfg: RunConfig) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: Any  # a Prefect task: (run_dir, shard, config_hash) -> str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    config: tuple[str, ...]  # dotted config paths the stage's output depends on
+    after: tuple[str, ...] = ()
+    shards: Callable[[str], list[str]] = one_shard  # run_dir -> shard ids, read when the stage starts
+    backend: Callable[[RunConfig], Any] | None = None  # model stages: the backend config they run on
+    enabled: Callable[[RunConfig], bool] = always
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.writes + IMPLICIT_WRITES
+
+    def config_hash(self, cfg: RunConfig) -> str:
+        return cfg.stage_hash(*self.config)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("seeds", seeds_task, reads=(), writes=("problems",),
+          config=("seeds", "generation.shard_size")),
+    Stage("generation", generation_task, reads=("problems",), writes=("chains",),
+          config=("seed", "policy", "search", "scorer", "generation.prompt_template"),
+          after=("seeds",), shards=manifest_shards, backend=lambda cfg: cfg.policy),
+    Stage("routing", routing_task, reads=("problems", "chains"), writes=("routes", "pairs", "worklist"),
+          config=("generation.mixed_outcome", "self_correction.shard_size", "diversity.shard_size"),
+          after=("generation",)),
+    Stage("self_correction", self_correction_task, reads=("worklist",), writes=("chains", "pairs"),
+          config=("seed", "policy", "search", "scorer", "self_correction.policy", "self_correction.prompt_template",
+                  "generation.prompt_template"),
+          after=("routing",), shards=worklist_shards("self_correction"),
+          backend=lambda cfg: cfg.self_correction.policy or cfg.policy, enabled=lambda cfg: cfg.self_correction.enabled),
+    Stage("diversity", diversity_task, reads=("worklist",), writes=("chains", "pairs"),
+          config=("seed", "search", "scorer", "diversity.small_policy", "diversity.candidates", "generation.prompt_template"),
+          after=("routing",), shards=worklist_shards("diversity"),
+          backend=lambda cfg: cfg.diversity.small_policy, enabled=lambda cfg: cfg.diversity.enabled),
+    Stage("sft", sft_task, reads=("problems", "chains"), writes=("sft",),
+          config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
+    Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
+          config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
+)
+
+
+def ordered(stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+    """The stages in run order: each after everything it names in ``after`` (ties keep the
+    declaration order). StageGraphError on an unknown name or a cycle."""
+    by = {s.name: s for s in stages}
+    if len(by) != len(stages):
+        raise StageGraphError(f"stage names must be unique: {[s.name for s in stages]}")
+    for s in stages:
+        unknown = [a for a in s.after if a not in by]
+        if unknown:
+            raise StageGraphError(f"stage {s.name!r} runs after unknown stage(s) {unknown}")
+    out: list[Stage] = []
+    placed: set[str] = set()
+    while len(out) < len(stages):
+        ready = [s for s in stages if s.name not in placed and set(s.after) <= placed]
+        if not ready:
+            raise StageGraphError(f"stages {sorted(set(by) - placed)} run after each other in a circle")
+        out.append(ready[0])
+        placed.add(ready[0].name)
+    return tuple(out)
+
+
+def names(stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+    return tuple(s.name for s in ordered(stages))
+
+
+def get(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
+    for s in stages:
+        if s.name == name:
+            return s
+    raise StageGraphError(f"unknown stage {name!r}; stages: {', '.join(names(stages))}")
+
+
+def downstream(name: str, stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+    """Every stage that runs after ``name``, directly or through others, in run order."""
+    found = {name}
+    for s in ordered(stages):
+        if found & set(s.after):
+            found.add(s.name)
+    return tuple(s.name for s in ordered(stages) if s.name in found and s.name != name)
+
+
+def enabled(cfg: RunConfig, stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+    return tuple(s for s in ordered(stages) if s.enabled(cfg))
+
+
+def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+    """The enabled stages in run order, after checking that each reads only tables an earlier
+    enabled stage writes (StageGraphError naming the stage and the table otherwise)."""
+    written: set[str] = set()
+    run = enabled(cfg, stages)
+    for s in run:
+        missing = [t for t in s.reads if t not in written]
+        if missing:
+            raise StageGraphError(f"stage {s.name!r} reads {missing}, which no earlier enabled stage writes "
+                                  f"(stages in order: {', '.join(x.name for x in run)})")
+        written.update(s.outputs)
+    return run
+
+
+def tables(stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+    """Every table some stage writes, in run order of first write."""
+    out: list[str] = []
+    for s in ordered(stages):
+        out += [t for t in s.outputs if t not in out]
+    return tuple(out)
