@@ -120,7 +120,7 @@ def run(
     run_id = resume or new_run_id(cfg.name)
     try:
         run_dir = prepare_run(str(path), run_id, str(root), overrides)
-    except (ValueError, declared.StageGraphError) as e:  # --set on resume that does not validate, or a stage graph that cannot run
+    except ValueError as e:  # --set on resume that does not validate, or a stage graph that cannot run (StageGraphError)
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
@@ -204,8 +204,8 @@ def rerun(
     """
     from flows.pipeline import sphere_rerun
 
-    if stage not in declared.names(declared.STAGES):
-        raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names(declared.STAGES))}")
+    if stage not in declared.names():
+        raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names())}")
     run_dir = _run_dir(run_id, data_root)
     try:
         summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
@@ -303,8 +303,8 @@ def sweep(
 
 @app.command()
 def server(
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(4200, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the Prefect server listens on."),
+    port: int = typer.Option(4200, "--port", help="Port of the API and UI."),
     ui: bool = typer.Option(True, "--ui/--no-ui", help="Serve the Prefect UI."),
 ) -> None:
     """Start a local Prefect server (API + UI) with the offline settings this project uses.

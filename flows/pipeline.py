@@ -187,10 +187,10 @@ def _run_stages(run_dir: str) -> dict:
     # (PR_SET_PDEATHSIG is per thread). GX imports meanwhile; actors are spawned by the
     # raylet, so the first model stage's backend loads while seeds are read and validated.
     validation.preload()
-    model_stages = [s for s in run if s.backend]
-    if model_stages:
+    pending = [s for s in run if s.backend and not _finished(store, s)]
+    if pending:
         ensure_ray(cfg.pool)
-        prewarm(model_stages[0].backend(cfg), cfg.pool)
+        prewarm(pending[0].backend(cfg), cfg.pool)
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
     for st in run:
         stage_flow.with_options(name=st.name, flow_run_name=st.name, task_runner=runner)(run_dir, st.name)
@@ -204,6 +204,13 @@ def _run_stages(run_dir: str) -> dict:
             get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, store.run_id)
             summary["report_error"] = f"{type(e).__name__}: {e}"
     return summary
+
+
+def _finished(store: RunStore, stage: declared.Stage) -> bool:
+    """Whether every shard of the stage has its marker (fingerprints unchecked: only used to
+    decide what to load ahead of time, never to skip work)."""
+    shards = stage.shards(str(store.run_dir))
+    return bool(shards) and all(store.stage_marker_path(stage.name, s).is_file() for s in shards)
 
 
 def stage_outputs(store: RunStore, stage: str) -> list[Path]:

@@ -100,9 +100,10 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def ordered(stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+def ordered(stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
     """The stages in run order: each after everything it names in ``after`` (ties keep the
     declaration order). StageGraphError on an unknown name or a cycle."""
+    stages = STAGES if stages is None else stages
     by = {s.name: s for s in stages}
     if len(by) != len(stages):
         raise StageGraphError(f"stage names must be unique: {[s.name for s in stages]}")
@@ -121,19 +122,22 @@ def ordered(stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
     return tuple(out)
 
 
-def names(stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+def names(stages: tuple[Stage, ...] | None = None) -> tuple[str, ...]:
+    stages = STAGES if stages is None else stages
     return tuple(s.name for s in ordered(stages))
 
 
-def get(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
+def get(name: str, stages: tuple[Stage, ...] | None = None) -> Stage:
+    stages = STAGES if stages is None else stages
     for s in stages:
         if s.name == name:
             return s
     raise StageGraphError(f"unknown stage {name!r}; stages: {', '.join(names(stages))}")
 
 
-def downstream(name: str, stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+def downstream(name: str, stages: tuple[Stage, ...] | None = None) -> tuple[str, ...]:
     """Every stage that runs after ``name``, directly or through others, in run order."""
+    stages = STAGES if stages is None else stages
     found = {name}
     for s in ordered(stages):
         if found & set(s.after):
@@ -141,13 +145,15 @@ def downstream(name: str, stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]
     return tuple(s.name for s in ordered(stages) if s.name in found and s.name != name)
 
 
-def enabled(cfg: RunConfig, stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+def enabled(cfg: RunConfig, stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
+    stages = STAGES if stages is None else stages
     return tuple(s for s in ordered(stages) if s.enabled(cfg))
 
 
-def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] = STAGES) -> tuple[Stage, ...]:
+def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
     """The enabled stages in run order, after checking that each reads only tables an earlier
     enabled stage writes (StageGraphError naming the stage and the table otherwise)."""
+    stages = STAGES if stages is None else stages
     written: set[str] = set()
     run = enabled(cfg, stages)
     for s in run:
@@ -159,8 +165,9 @@ def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] = STAGES) -> tuple[St
     return run
 
 
-def tables(stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+def tables(stages: tuple[Stage, ...] | None = None) -> tuple[str, ...]:
     """Every table some stage writes, in run order of first write."""
+    stages = STAGES if stages is None else stages
     out: list[str] = []
     for s in ordered(stages):
         out += [t for t in s.outputs if t not in out]

@@ -249,10 +249,18 @@ def prewarm(backend_cfg, pool_cfg: PoolConfig) -> threading.Thread:
 
     t = threading.Thread(target=warm, name="sphere-pool-prewarm", daemon=True)
     t.start()
+    _PREWARMING.append(t)
     return t
 
 
+_PREWARMING: list[threading.Thread] = []
+
+
 def close_pools() -> None:
+    """Close every pool of the process. A prewarm still building a pool is waited for first,
+    so no pool built in the background outlives the close (and holds the CPUs/GPUs)."""
+    while _PREWARMING:
+        _PREWARMING.pop().join()
     with _POOLS_LOCK:
         for p in _POOLS.values():
             p.close()

@@ -4,9 +4,13 @@ from infra.config import ConfigError, RunConfig, load_config
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "builtin-1k.yaml", "smollm2.yaml", "gsm8k-file.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_validate(name):
     assert isinstance(load_config(ROOT / "configs" / name), RunConfig)
+
+
+def test_every_shipped_config_is_checked():
+    assert {"quickstart.yaml", "builtin-1k.yaml", "smollm2.yaml", "gsm8k-file.yaml"} <= {p.name for p in (ROOT / "configs").glob("*.yaml")}
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,9 @@
+import copy
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infra.config import RunConfig, apply_overrides
 from infra.storage import RunStore
@@ -42,3 +45,37 @@ def test_overrides_that_do_not_validate_leave_the_stored_config_alone(tmp_path):
     with pytest.raises(ValidationError):
         record_config_change(str(store.run_dir), "diversity", {"diversity.candidates": 1})
     assert store.load_config() == before and not (store.run_dir / "reruns.jsonl").exists()
+
+
+# ---------------------------------------------------------------- properties of override parsing
+
+
+KEYS = st.lists(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), min_size=1, max_size=3).map(".".join)
+LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+VALUES = st.recursive(LEAVES, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), c, max_size=3),
+                      max_leaves=6)
+TREES = st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), VALUES, max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=TREES, key=KEYS, value=VALUES)
+def test_an_override_sets_exactly_its_leaf_and_leaves_the_input_alone(raw, key, value):
+    before = copy.deepcopy(raw)
+    out = apply_overrides(raw, {key: value})
+    assert raw == before
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+        node = node[p]
+    assert node[leaf] == value
+    untouched = {k: v for k, v in before.items() if k != key.split(".")[0]}
+    assert {k: out[k] for k in untouched} == untouched
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=KEYS, value=VALUES)
+def test_set_options_parse_json_values_and_keep_other_text_as_strings(key, value):
+    from flows.cli import _parse_sets
+
+    assert _parse_sets([f" {key} ={json.dumps(value)}"]) == {key: value}
+    assert _parse_sets([f"{key}=not json: {{"]) == {key: "not json: {"}

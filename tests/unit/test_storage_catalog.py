@@ -38,3 +38,34 @@ def test_catalog_views_span_runs_and_queries_are_read_only(tmp_path):
 def test_query_without_catalog_says_what_to_do(tmp_path):
     with pytest.raises(CatalogError, match="sphere run"):
         catalog.query(tmp_path, "select 1")
+
+
+def test_catalog_shows_only_committed_parts_and_refresh_never_waits_for_readers(tmp_path):
+    import duckdb
+
+    store = RunStore(tmp_path, "r1")
+    store.write("problems", "seeds", "00000", problems("r1", ["a", "b"]))
+    # a part written but never marked (killed before its marker, or stopped by its validation gate)
+    store.part_path("problems", "seeds", "00001").write_bytes(store.part_path("problems", "seeds", "00000").read_bytes())
+    catalog.refresh(tmp_path)
+    assert catalog.query(tmp_path, "select count(*) as n from problems").to_pylist() == [{"n": 2}]
+    reader = duckdb.connect(str(catalog.catalog_path(tmp_path)), read_only=True)  # another client holding the file
+    try:
+        assert reader.sql("select count(*) from problems").fetchall() == [(2,)]
+        RunStore(tmp_path, "r2").write("problems", "seeds", "00000", problems("r2", ["c"]))
+        catalog.refresh(tmp_path)  # does not block on the open reader
+    finally:
+        reader.close()
+    assert catalog.query(tmp_path, "select count(*) as n from problems").to_pylist() == [{"n": 3}]
+
+
+def test_a_fingerprint_marks_what_a_shard_was_computed_from(tmp_path):
+    store = RunStore(tmp_path, "r1")
+    fp = {"config": "c1", "code": "v1", "inputs": "i1"}
+    store.write("problems", "seeds", "00000", problems("r1", ["a"]), fingerprint=fp)
+    store.mark_stage_done("seeds", "00000", fp, ["problems"])
+    assert store.stage_done("seeds", "00000", fp) and store.is_done("problems", "seeds", "00000", fp)
+    assert not store.stage_done("seeds", "00000", {**fp, "config": "c2"})  # another config: recompute
+    assert not store.stage_done("seeds", "00000", {**fp, "inputs": "i2"})  # other inputs: recompute
+    store.marker_path("problems", "seeds", "00000").unlink()
+    assert not store.stage_done("seeds", "00000", fp)  # a table of the shard is gone: recompute
