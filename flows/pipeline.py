@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import stages as declared
 from infra import catalog, progress, validation
 from infra.config import RunConfig, apply_overrides, load_config
-from infra.pool import close_pools, ensure_ray, prewarm
+from infra.pool import close_pool, close_pools, ensure_ray, prewarm
 from infra.storage import RunStore
 from tasks.report import build_report, qdc_rows
 
@@ -106,7 +106,7 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
                 failed.append(f"{type(e).__name__}: {e}")
             progress.report(st.name, len(done) + len(failed), len(shards))
     if st.backend:
-        close_pools()  # free the actors for the next stage's backend
+        close_pool(st.backend(cfg), cfg.pool)  # free this stage's actors for the next stage's backend
     if failed:
         raise StageFailed(f"{len(failed)} of {len(shards)} {st.name} shards failed (finished ones kept):\n" + "\n".join(failed))
     return sorted(done)
@@ -185,12 +185,14 @@ def _run_stages(run_dir: str) -> dict:
     run = declared.check_stages(cfg)
     # Ray must start on the main thread: its daemons die with the thread that spawned them
     # (PR_SET_PDEATHSIG is per thread). GX imports meanwhile; actors are spawned by the
-    # raylet, so the first model stage's backend loads while seeds are read and validated.
+    # raylet, so on a new run the first model stage's backend loads while seeds are read and
+    # validated. A resumed run loads nothing ahead: each stage builds what it needs.
     validation.preload()
-    pending = [s for s in run if s.backend and not _finished(store, s)]
-    if pending:
+    model_stages = [s for s in run if s.backend]
+    if model_stages:
         ensure_ray(cfg.pool)
-        prewarm(pending[0].backend(cfg), cfg.pool)
+        if not _started(store, model_stages[0]):
+            prewarm(model_stages[0].backend(cfg), cfg.pool)
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
     for st in run:
         stage_flow.with_options(name=st.name, flow_run_name=st.name, task_runner=runner)(run_dir, st.name)
@@ -206,11 +208,9 @@ def _run_stages(run_dir: str) -> dict:
     return summary
 
 
-def _finished(store: RunStore, stage: declared.Stage) -> bool:
-    """Whether every shard of the stage has its marker (fingerprints unchecked: only used to
-    decide what to load ahead of time, never to skip work)."""
-    shards = stage.shards(str(store.run_dir))
-    return bool(shards) and all(store.stage_marker_path(stage.name, s).is_file() for s in shards)
+def _started(store: RunStore, stage: declared.Stage) -> bool:
+    """Whether any shard of the stage has a marker."""
+    return any((store.run_dir / "_done" / "stages").glob(f"{stage.name}.*.json"))
 
 
 def stage_outputs(store: RunStore, stage: str) -> list[Path]:

@@ -124,7 +124,11 @@ class EnginePool:
         self._lock = threading.Lock()
         self._pgs: dict = {}
         self.actors = [self._spawn() for _ in range(backend_json_actors(self.backend_json, pool_cfg))]
-        infos = self._start(self.actors)
+        try:
+            infos = self._start(self.actors)
+        except BackendError:
+            self.close()  # actors that never started must not keep their CPUs/GPUs
+            raise
         self.model_name = infos[0]["model"]
         self.reproducible = infos[0]["reproducible"]
 
@@ -221,11 +225,15 @@ _POOLS: dict[str, EnginePool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def get_pool(backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
-    """The process's pool for this (backend, pool) config, built on first use."""
+def _key(backend_cfg, pool_cfg: PoolConfig) -> str:
     import json
 
-    key = json.dumps([backend_cfg.model_dump(mode="json"), pool_cfg.model_dump(mode="json")], sort_keys=True)
+    return json.dumps([backend_cfg.model_dump(mode="json"), pool_cfg.model_dump(mode="json")], sort_keys=True)
+
+
+def get_pool(backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
+    """The process's pool for this (backend, pool) config, built on first use."""
+    key = _key(backend_cfg, pool_cfg)
     with _POOLS_LOCK:
         if key not in _POOLS:
             _POOLS[key] = EnginePool(backend_cfg, pool_cfg)
@@ -256,11 +264,25 @@ def prewarm(backend_cfg, pool_cfg: PoolConfig) -> threading.Thread:
 _PREWARMING: list[threading.Thread] = []
 
 
+def close_pool(backend_cfg, pool_cfg: PoolConfig) -> None:
+    """Close the process's pool for this (backend, pool) config, if there is one (other
+    pools, e.g. one prewarmed for a later stage, are left alone)."""
+    _join_prewarms()
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(_key(backend_cfg, pool_cfg), None)
+    if pool is not None:
+        pool.close()
+
+
+def _join_prewarms() -> None:
+    while _PREWARMING:
+        _PREWARMING.pop().join()
+
+
 def close_pools() -> None:
     """Close every pool of the process. A prewarm still building a pool is waited for first,
     so no pool built in the background outlives the close (and holds the CPUs/GPUs)."""
-    while _PREWARMING:
-        _PREWARMING.pop().join()
+    _join_prewarms()
     with _POOLS_LOCK:
         for p in _POOLS.values():
             p.close()
