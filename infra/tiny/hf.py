@@ -8,12 +8,14 @@
   the training record (``meta``) rides along as its ``tiny_meta`` field.
 * ``model.safetensors``: float32 weights (``TinyLM``'s ``nn.Linear`` weights transposed into
   GPT-2's ``Conv1D`` layout; the tied head is stored once, as ``transformer.wte.weight``).
-* ``tokenizer.json`` (``tokenizers``): WordLevel vocabulary; a normalizer that drops the
-  whitespace ``TOKEN_RE`` skips; ``Split(TOKEN_RE, "isolated")``; a ``<bos>`` post-processor;
-  a ``Fuse`` decoder. With ``add_special_tokens=False`` its ids equal ``Tokenizer.encode``,
-  with the default they are ``[BOS, *encode(text)]``, the sampler's own model input; and
+* ``tokenizer.json`` (``tokenizers``): WordLevel vocabulary; pre-tokenizers
+  ``Split(TOKEN_RE, "isolated")`` then ``Split(SKIPPED_RE, "removed")`` (drops the whitespace
+  ``TOKEN_RE.findall`` skips); a ``<bos>`` post-processor; a ``Fuse`` decoder. Through
+  ``AutoTokenizer``, ``encode(text, add_special_tokens=False) == Tokenizer.encode(text)`` for
+  any text, the default adds ``<bos>`` (the sampler's own model input), and
   ``decode(ids, skip_special_tokens=True) == Tokenizer.decode(ids)``. ``tokenizer_config.json``
-  sets ``split_special_tokens`` so a literal ``<bos>`` in text is plain text, as in the project.
+  sets ``split_special_tokens`` so a literal ``<bos>`` in text is plain text, as in the project
+  (the bare ``tokenizers`` library needs ``encode_special_tokens = True`` for that).
 * ``generation_config.json``: bos/eos/pad ids, ``<pad> <bos> <unk>`` suppressed (the sampler
   never emits them), so ``model.generate`` greedy equals ``sample(temperature=0)``.
 
@@ -37,8 +39,8 @@ import torch
 
 from infra.tiny.model import BOS, EOS, PAD, SPECIALS, TOKEN_RE, UNK, TinyConfig, TinyLM, Tokenizer
 
-# Python's ``\s`` on str (the characters ``str.isspace`` accepts). Oniguruma's ``\s`` lacks
-# U+001C..U+001F, so the normalizer spells the class out instead of writing ``\s``.
+# Python's ``\s`` on str. Oniguruma's ``\s`` (the ``tokenizers`` regex engine) lacks
+# U+001C..U+001F, so SKIPPED_RE spells the class out instead of writing ``\s``.
 PY_WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
     "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -49,6 +51,16 @@ _OTHER_WS = "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE if c not in "\n 
 # not followed by a non-space character (a token's leading space is the only one kept).
 SKIPPED_RE = f"[{_OTHER_WS}]| (?![^{_WS}])"
 WEIGHTS = "model.safetensors"
+
+# (TinyLM block module, GPT-2 block module, nn.Linear whose weight GPT-2's Conv1D transposes)
+_BLOCK = [
+    ("ln1", "ln_1", False),
+    ("qkv", "attn.c_attn", True),
+    ("proj", "attn.c_proj", True),
+    ("ln2", "ln_2", False),
+    ("mlp.0", "mlp.c_fc", True),
+    ("mlp.2", "mlp.c_proj", True),
+]
 
 
 def _to_hf(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
@@ -86,17 +98,6 @@ def _from_hf(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Te
                 t = state[f"transformer.h.{i}.{theirs}.{kind}"]
                 out[f"blocks.{i}.{ours}.{kind}"] = t.t() if transpose and kind == "weight" else t
     return out
-
-
-# (TinyLM block module, GPT-2 block module, nn.Linear whose weight GPT-2's Conv1D transposes)
-_BLOCK = [
-    ("ln1", "ln_1", False),
-    ("qkv", "attn.c_attn", True),
-    ("proj", "attn.c_proj", True),
-    ("ln2", "ln_2", False),
-    ("mlp.0", "mlp.c_fc", True),
-    ("mlp.2", "mlp.c_proj", True),
-]
 
 
 def gpt2_config(c: TinyConfig, meta: dict):
