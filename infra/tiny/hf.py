@@ -220,6 +220,8 @@ def _check_config(cfg: dict) -> TinyConfig:
 def _read_tokenizer(path: Path) -> Tokenizer:
     spec = json.loads(path.read_text(encoding="utf-8"))
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    if spec.get("normalizer") is not None:
+        raise ValueError(f"{path}: has a normalizer; Tokenizer cannot reproduce it")
     if model.get("type") != "WordLevel":
         raise ValueError(f"{path}: expected a WordLevel model, got {model.get('type')}")
     splits = [(p.get("type"), (p.get("pattern") or {}).get("Regex")) for p in pre.get("pretokenizers", [pre])]
@@ -241,18 +243,20 @@ def load_pretrained(directory: str | Path) -> tuple[TinyLM, Tokenizer, dict]:
 
     d = Path(directory)
     cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    c = _check_config(cfg)
-    tok = _read_tokenizer(d / "tokenizer.json")
-    if len(tok) != c.vocab_size:
-        raise ValueError(f"{d}: tokenizer has {len(tok)} tokens, config.vocab_size is {c.vocab_size}")
-    model = TinyLM(c)
-    model.load_state_dict(_from_hf(load_file(d / WEIGHTS), c.n_layer), strict=True)
-    model.eval()
-    return model, tok, cfg.get("tiny_meta", {})
+    try:
+        c = _check_config(cfg)
+        tok = _read_tokenizer(d / "tokenizer.json")
+        if len(tok) != c.vocab_size:
+            raise ValueError(f"tokenizer has {len(tok)} tokens, config.vocab_size is {c.vocab_size}")
+        model = TinyLM(c)
+        model.load_state_dict(_from_hf(load_file(d / WEIGHTS), c.n_layer), strict=True)
+    except (KeyError, RuntimeError) as e:  # a missing field or tensor, a shape mismatch
+        raise ValueError(f"{d}: {type(e).__name__}: {e}") from e
+    return model.eval(), tok, cfg.get("tiny_meta", {})
 
 
 def is_pretrained_dir(path: str | Path) -> bool:
-    """True if ``path`` is a directory holding ``config.json`` and the weights file."""
+    """True if ``path`` is a directory holding ``config.json`` and single-file weights."""
     p = Path(path)
     return (p / "config.json").is_file() and (p / WEIGHTS).is_file()
 

@@ -4,8 +4,10 @@
 ``TinyLM``/``Tokenizer``/sampler compute: same ids, same text, same logits, same greedy output.
 """
 
+import json
 import random
 import re
+import shutil
 
 import pytest
 import torch
@@ -147,15 +149,13 @@ def test_backend_refuses_missing_and_former_checkpoints(tmp_path):
         TinyGenerator(TinyBackend(checkpoint=str(old)))
 
 
-@pytest.mark.parametrize("name", ["policy", "small"])
-def test_backend_gives_the_same_completions_as_the_former_pt(name):
-    """Temporary: holds only while the former .pt files are still in the tree."""
-    from infra.tiny.model import load_checkpoint
 
-    hf_gen = TinyGenerator(TinyBackend(checkpoint=name))
-    pt_gen = TinyGenerator(TinyBackend(checkpoint=name))
-    pt_gen.model, pt_gen.tok, pt_gen.meta = load_checkpoint(NAMED[name].with_suffix(".pt"))
-    got = [(c.text, c.finish_reason, c.completion_tokens, c.logprob) for r in hf_gen.generate(_requests()) for c in r.completions]
-    want = [(c.text, c.finish_reason, c.completion_tokens, c.logprob) for r in pt_gen.generate(_requests()) for c in r.completions]
-    assert got == want and hf_gen.meta == pt_gen.meta
-    print(name, got)
+def test_load_refuses_what_tinylm_cannot_represent(tmp_path):
+    d = shutil.copytree(NAMED["small"], tmp_path / "gelu_new")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "activation_function": "gelu_new"}))
+    with pytest.raises(ValueError, match="activation_function"):
+        load_pretrained(d)
+    (d / "config.json").write_text(json.dumps({**cfg, "n_layer": cfg["n_layer"] + 1}))
+    with pytest.raises(ValueError, match="KeyError"):
+        load_pretrained(d)
