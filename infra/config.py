@@ -67,7 +67,7 @@ SeedsConfig = Annotated[Union[BuiltinSeeds, FileSeeds], Field(discriminator="kin
 
 class TinyBackend(_Model):
     kind: Literal["tiny"] = Field("tiny", description="The project's own small transformer (PyTorch, CPU).")
-    checkpoint: str = Field("policy", description="'policy', 'small', or a path to a checkpoint made by infra.tiny.train.")
+    checkpoint: str = Field("policy", description="'policy', 'small', or the path of a Hugging Face checkpoint directory made by infra.tiny.train (infra.tiny.hf format).")
     batch_size: int = Field(256, ge=1, description="Most sequences decoded together in one forward pass.")
     threads: int = Field(1, ge=1, description="torch threads per actor.")
 

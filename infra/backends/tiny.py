@@ -1,5 +1,9 @@
 """``tiny`` backend: the project's own small transformer, on CPU.
 
+``checkpoint`` is ``policy``, ``small`` or the path of a Hugging Face directory written by
+``infra.tiny.hf.save_pretrained`` (``infra/models/tiny-policy/``, ``.../tiny-small/``); rows
+name the model ``tiny:<directory name>``.
+
 Rendering: ``prompt + prefix`` (a base model, no chat template). Sample ``j`` of a request
 uses ``sample_seed(seed, j)``, and the model's sampler makes a row depend only on its own
 prompt and seed, so outputs are reproducible whatever the batching (``reproducible=True``).
@@ -14,7 +18,7 @@ from infra.backends.base import BackendUnavailable, Completion, GenRequest, GenR
 from infra.config import TinyBackend
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-NAMED = {"policy": MODELS_DIR / "tiny-policy.pt", "small": MODELS_DIR / "tiny-small.pt"}
+NAMED = {"policy": MODELS_DIR / "tiny-policy", "small": MODELS_DIR / "tiny-small"}
 
 
 class TinyGenerator:
@@ -23,15 +27,20 @@ class TinyGenerator:
     def __init__(self, cfg: TinyBackend):
         import torch
 
-        from infra.tiny.model import load_checkpoint
+        from infra.tiny.hf import is_pretrained_dir, load_pretrained
 
         path = NAMED.get(cfg.checkpoint, Path(cfg.checkpoint))
-        if not path.is_file():
+        if path.suffix == ".pt" and path.is_file():
+            raise BackendUnavailable(f"{path} is the former .pt format: convert it with `python -m infra.tiny.hf {path} OUT_DIR`")
+        if not is_pretrained_dir(path):
             raise BackendUnavailable(f"tiny checkpoint not found: {path} (train one with `python -m infra.tiny.train`)")
         torch.set_num_threads(cfg.threads)
-        self.model, self.tok, self.meta = load_checkpoint(path)
+        try:
+            self.model, self.tok, self.meta = load_pretrained(path)
+        except ValueError as e:
+            raise BackendUnavailable(f"{path} is not a tiny-compatible checkpoint: {e}") from e
         self.batch_size = cfg.batch_size
-        self.model_name = f"tiny:{path.stem}"
+        self.model_name = f"tiny:{path.name}"
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from infra.tiny.model import sample

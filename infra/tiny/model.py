@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -113,18 +113,6 @@ class TinyLM(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad) - self.head.weight.numel()
-
-
-def save_checkpoint(path, model: TinyLM, tok: Tokenizer, meta: dict) -> None:
-    torch.save({"config": asdict(model.config), "vocab": tok.vocab, "state": model.state_dict(), "meta": meta}, path)
-
-
-def load_checkpoint(path) -> tuple[TinyLM, Tokenizer, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = TinyLM(TinyConfig(**blob["config"]))
-    model.load_state_dict(blob["state"])
-    model.eval()
-    return model, Tokenizer(blob["vocab"]), blob.get("meta", {})
 
 
 @dataclass

@@ -4,9 +4,10 @@ Reproduce the committed checkpoints with::
 
     python -m infra.tiny.train --minutes 24 --out infra/models
 
-It writes ``tiny-policy.pt`` (the best greedy accuracy seen) and ``tiny-small.pt`` (the
-first checkpoint whose held-out greedy accuracy reaches ``--small-at``, a weaker policy
-for diversity induction), plus ``tiny-train-log.json`` with the accuracy curve.
+It writes ``tiny-policy/`` (the best greedy accuracy seen) and ``tiny-small/`` (the first
+checkpoint whose held-out greedy accuracy reaches ``--small-at``, a weaker policy for
+diversity induction), Hugging Face directories (``infra.tiny.hf``), plus
+``tiny-train-log.json`` with the accuracy curve.
 
 Training documents are the solution format of ``infra.tiny.worldgen``; a share of them are
 "review" documents that show one wrong step before the answer, so the model can condition
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infra.tiny.model import BOS, EOS, PAD, TinyConfig, TinyLM, Tokenizer, sample, save_checkpoint
+from infra.tiny.hf import save_pretrained
+from infra.tiny.model import BOS, EOS, PAD, TinyConfig, TinyLM, Tokenizer, sample
 from infra.tiny.worldgen import Difficulty, WorldProblem, make_problem
 
 PROMPT = "Question: {question}\nAnswer:\n"
@@ -147,11 +149,11 @@ def main() -> None:
             print(json.dumps(log[-1]), flush=True)
             meta = {"step": step, "held_out_greedy_accuracy": acc, "seed": args.seed, "train_minutes": round((last_eval - start) / 60, 2)}
             if not small_saved and acc >= args.small_at:
-                save_checkpoint(args.out / "tiny-small.pt", model, tok, {**meta, "role": "small"})
+                save_pretrained(args.out / "tiny-small", model, tok, {**meta, "role": "small"})
                 small_saved = True
             if acc > best:
                 best = acc
-                save_checkpoint(args.out / "tiny-policy.pt", model, tok, {**meta, "role": "policy"})
+                save_pretrained(args.out / "tiny-policy", model, tok, {**meta, "role": "policy"})
     (args.out / "tiny-train-log.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "log": log}, indent=1))
     print(f"done: best={best} steps={step}", flush=True)
 

@@ -3,13 +3,14 @@
 import pytest
 
 from infra.backends.tiny import NAMED
-from infra.tiny.model import load_checkpoint, sample
+from infra.tiny.hf import load_pretrained
+from infra.tiny.model import sample
 from infra.tiny.worldgen import generate
 
 
 @pytest.fixture(scope="module")
 def lm():
-    return load_checkpoint(NAMED["policy"])
+    return load_pretrained(NAMED["policy"])
 
 
 def test_tokenizer_round_trips_the_problem_family(lm):
