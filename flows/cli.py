@@ -84,10 +84,11 @@ def _print_table(t, fmt: str, out: Optional[Path]) -> None:
             table.add_row(*[("" if v is None else str(v))[:200] for v in row.values()])
         Console().print(table)
         return
+    text = text if text.endswith("\n") else text + "\n"
     if out:
-        out.write_text(text + "\n")
+        out.write_text(text)
     else:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
 
 
 @app.command()
@@ -163,14 +164,19 @@ def query(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Stop a query still running after this many seconds."),
+    memory_limit: str = typer.Option("2GB", "--memory-limit", help="DuckDB memory cap of the query."),
 ) -> None:
-    """Run read-only SQL against the DuckDB catalog of every run."""
+    """Run read-only SQL (SELECT/EXPLAIN) against the committed parts of every run.
+
+    Files outside the data root cannot be read or written; COPY, ATTACH, INSTALL, LOAD,
+    SET and other statements are refused."""
     from infra.catalog import CatalogError, query as run_query
 
     if fmt not in ("table", "csv", "json", "parquet"):
         raise typer.BadParameter(f"--format must be table, csv, json or parquet, not {fmt!r}")
     try:
-        t = run_query(_data_root(data_root), sql)
+        t = run_query(_data_root(data_root), sql, timeout_s=timeout, memory_limit=memory_limit)
     except CatalogError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)

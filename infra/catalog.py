@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import duckdb
@@ -81,9 +82,22 @@ def refresh(data_root: Path) -> Path:
     return path
 
 
-def query(data_root: Path, sql: str) -> pa.Table:
-    """Run ``sql`` read-only against views of the committed parts under ``data_root`` (built
-    for this query in a private database file, reopened read-only); an Arrow table."""
+ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
+
+
+class QueryRefused(CatalogError):
+    """The SQL is not a read-only query (COPY, ATTACH, INSTALL, LOAD, SET, CREATE, ...)."""
+
+
+def query(data_root: Path, sql: str, *, timeout_s: float = 300.0, memory_limit: str = "2GB") -> pa.Table:
+    """Run ``sql`` read-only against views of the committed parts under ``data_root``; an Arrow table.
+
+    Read-only in fact: only SELECT/EXPLAIN statements run (``QueryRefused`` names any other);
+    the views live in a private database file reopened read-only; file access is limited to
+    ``<data_root>/runs/`` (``enable_external_access=false`` + ``allowed_directories``), the
+    configuration is locked so a query cannot lift that, memory is capped at
+    ``memory_limit`` and a query still running after ``timeout_s`` is interrupted.
+    """
     root = Path(data_root).resolve()
     if not catalog_path(root).is_file() and not (root / "runs").is_dir():
         raise CatalogError(f"no catalog at {catalog_path(root)}: run `sphere run` first (or pass --data-root)")
@@ -92,12 +106,27 @@ def query(data_root: Path, sql: str) -> pa.Table:
         con = duckdb.connect(str(db))
         try:
             _create_views(con, root)
-        finally:
-            con.close()
-        con = duckdb.connect(str(db), read_only=True)
-        try:
-            return con.sql(sql).to_arrow_table()
+            kinds = [st.type.name for st in con.extract_statements(sql)]
         except duckdb.Error as e:
             raise CatalogError(f"query failed: {e}") from None
         finally:
+            con.close()
+        refused = [k for k in kinds if k not in ALLOWED_STATEMENTS]
+        if refused or not kinds:
+            raise QueryRefused(f"sphere query runs read-only SELECT statements; refused: {', '.join(refused) or 'no statement'} "
+                               "(to save a result use --format csv|json|parquet --out FILE)")
+        con = duckdb.connect(str(db), read_only=True, config={"memory_limit": memory_limit})
+        timer = threading.Timer(timeout_s, con.interrupt)
+        try:
+            con.execute(f"SET allowed_directories = [{sql_string(str(root / 'runs') + '/')}]")
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            timer.start()
+            return con.sql(sql).to_arrow_table()
+        except duckdb.InterruptException:
+            raise CatalogError(f"query stopped after {timeout_s:g}s (--timeout)") from None
+        except duckdb.Error as e:
+            raise CatalogError(f"query failed: {e}") from None
+        finally:
+            timer.cancel()
             con.close()

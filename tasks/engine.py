@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from infra.backends.base import BackendError
 from infra.config import SearchConfig
 from tasks.scorers import StepScorer
 from tasks.search import Chain, Generate, SearchProblem, pruned_search
@@ -29,6 +30,30 @@ class Engine:
         return replace(self, search=search)
 
     def search_chains(self, problems: list[SearchProblem], seed_offset: int = 0) -> list[Chain]:
-        """MAX and MIN chains for ``problems`` (``tasks.search.pruned_search``), in input order."""
+        """MAX and MIN chains for ``problems`` (``tasks.search.pruned_search``), in input order.
+
+        All problems are searched together (one batch per depth). When that raises anything
+        but a ``BackendError`` (infrastructure: re-raised, the shard is retried), each problem
+        is searched alone: a problem whose search still raises gets one chain with
+        ``finish="error"`` and ``error`` = the exception's type and message, and the others
+        keep their chains. Search seeds depend only on (seed, problem, prefix), so a problem
+        searched alone gets the chains it would have got in the batch."""
+        try:
+            return self._search(problems, seed_offset)
+        except BackendError:
+            raise
+        except Exception:  # noqa: BLE001 - a row-level failure: isolate the problem(s) that cause it
+            out: list[Chain] = []
+            for p in problems:
+                try:
+                    out += self._search([p], seed_offset)
+                except BackendError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    out.append(Chain(p.problem_id, "max", list(p.start_steps), list(p.start_scores), list(p.start_scores),
+                                     finish="error", error=f"{type(e).__name__}: {e}"[:2000]))
+            return out
+
+    def _search(self, problems: list[SearchProblem], seed_offset: int) -> list[Chain]:
         return pruned_search(problems, self.generate, self.scorer, self.search, seed=self.seed + seed_offset,
                              unknown_score=self.unknown_score)

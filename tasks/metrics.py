@@ -12,7 +12,7 @@ bounded by the batch size and the d x d accumulators, not by the number of rows
 
 - Quality: ``accuracy`` (chains whose answer matches gold), ``mean_step_score``,
   ``arith_valid_step_share`` (steps whose equations hold, among checkable steps),
-  ``parse_failure_rate`` (chains stating no answer), ``pair_validity`` (pairs kept by their
+  ``parse_failure_rate`` (chains stating no answer, or whose search failed: error rows), ``pair_validity`` (pairs kept by their
   suite over kept + quarantined), ``mean_margin``.
 - Diversity: ``vendi_q{0.5,1,2}`` (Vendi over sentence embeddings), ``vendi_ngram_q1``
   (over hashed word 1-2-grams), ``distinct_{1,2,3}``, ``compression_ratio`` (gzip bytes /
@@ -282,7 +282,7 @@ class StageStats:
             s = self.sums
             s["correct"] += int(correct.sum())
             s["solve"] += float(correct.mean())
-            s["no_answer"] += sum(r["verdict"] == "no_answer" for r in rows)
+            s["no_answer"] += sum(r["verdict"] in ("no_answer", "error") for r in rows)
             s["steps"] += sum(r["n_steps"] for r in rows)
             s["tokens"] += sum(r["completion_tokens"] for r in rows)
             for r in rows:

@@ -22,7 +22,8 @@ def chain_row(c: Chain, problem: dict, *, stage: str, engine: Engine, template: 
     given, ``no_answer`` when the chain states no final answer (``error`` then says why),
     else ``correct`` or ``wrong`` against gold."""
     search = engine.search
-    answer = extract_answer(c.steps[-1]) if c.steps else None
+    error = error or c.error
+    answer = extract_answer(c.steps[-1]) if c.steps and not c.error else None
     correct = is_equivalent(answer, problem["gold_answer"]) if answer is not None else False
     verdict = "error" if error else ("no_answer" if answer is None else ("correct" if correct else "wrong"))
     if answer is None and not error:

@@ -52,7 +52,11 @@ class ScoreItem:
 
 
 class StepScorer(Protocol):
+    """``name`` is recorded on every chain; ``needs_logprobs`` makes the search ask the
+    backend for the candidates' token log-probs (``ScoreItem.mean_logprobs``)."""
+
     name: str
+    needs_logprobs: bool
 
     def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]: ...
 
@@ -136,6 +140,7 @@ def first_wrong_step(steps: list[str]) -> int | None:
 
 class ArithmeticScorer:
     name = "arithmetic"
+    needs_logprobs = False
 
     def __init__(self, ungrounded_score: float = 0.25):
         self.ungrounded_score = ungrounded_score
@@ -158,6 +163,7 @@ class LogprobScorer:
     """exp(mean token log-prob) of the step under the policy; None where log-probs are missing."""
 
     name = "logprob"
+    needs_logprobs = True
 
     def score_batch(self, items: list[ScoreItem]) -> list[list[float | None]]:
         return [
@@ -172,6 +178,7 @@ class RolloutScorer:
     a final answer scores 1.0 or 0.0 by checking it. Works with any generator."""
 
     name = "rollout"
+    needs_logprobs = False
 
     def __init__(self, generate: Callable[[list[GenRequest]], list[GenResult]], *, k: int, temperature: float,
                  max_tokens: int, separator: str, seed: int):
@@ -217,6 +224,7 @@ class PRMScorer:
     tag, given the question and the steps before it (``infra.prm.PRMClient``)."""
 
     name = "prm"
+    needs_logprobs = False
 
     def __init__(self, base_url: str | None = None, model: str | None = None, **client_options):
         self.client = PRMClient(base_url, model, **client_options)

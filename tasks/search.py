@@ -44,10 +44,11 @@ class Chain:
     steps: list[str]
     scores: list[float | None] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
-    finish: str = ""  # "answer" | "eos" | "max_depth" | "no_candidates"
+    finish: str = ""  # "answer" | "eos" | "max_depth" | "no_candidates" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     sampled_tokens: int = 0
+    error: str | None = None  # why the search of this problem failed (finish == "error")
 
     @property
     def done(self) -> bool:
@@ -115,6 +116,7 @@ def pruned_search(
                         max_tokens=cfg.max_step_tokens,
                         stop=(sep,),
                         seed=_seed(seed, c.problem_id, c.steps),
+                        logprobs=scorer.needs_logprobs,
                     )
                 )
         results = generate(requests)

@@ -48,9 +48,9 @@ def self_correct(worklist: pa.Table, section: SelfCorrectionStage, engine: Engin
                                       r["gold_answer"], keep, kept_scores))
     chains = engine.search_chains(problems, seed_offset=1)
     by_id = {r["problem_id"]: r for r in rows}
-    out = [chain_row(c, by_id[c.problem_id], stage=STAGE, engine=engine, template=review, prompt=p.prompt,
-                     parent=by_id[c.problem_id]["chain_id"])
-           for c, p in zip(chains, [p for p in problems for _ in range(2)])]
+    prompts = {p.problem_id: p.prompt for p in problems}
+    out = [chain_row(c, by_id[c.problem_id], stage=STAGE, engine=engine, template=review, prompt=prompts[c.problem_id],
+                     parent=by_id[c.problem_id]["chain_id"]) for c in chains]
     table = from_rows(out, "chains")
     return {"chains": table, "pairs": correction_pairs(table, solve, {r["problem_id"]: r["question"] for r in rows}, run_id=engine.run_id)}
 

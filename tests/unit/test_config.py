@@ -48,3 +48,8 @@ def test_every_field_has_a_description():
 def test_relative_seed_paths_resolve_against_the_config_file():
     cfg = load_config(ROOT / "configs" / "gsm8k-file.yaml")
     assert cfg.seeds.paths[0] == str((ROOT / "tests" / "data" / "gsm8k_sample.jsonl").resolve())
+
+
+def test_the_gpu_config_finds_its_seeds_in_the_repository_data_folder():
+    cfg = load_config(ROOT / "configs" / "gpu-vllm.yaml")
+    assert cfg.seeds.paths == [str((ROOT / "data" / "seeds" / "gsm8k-train.jsonl").resolve())]

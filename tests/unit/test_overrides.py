@@ -79,3 +79,23 @@ def test_set_options_parse_json_values_and_keep_other_text_as_strings(key, value
 
     assert _parse_sets([f" {key} ={json.dumps(value)}"]) == {key: value}
     assert _parse_sets([f"{key}=not json: {{"]) == {key: "not json: {"}
+
+
+def test_resume_with_set_changes_the_stored_config_and_logs_it_and_a_bad_one_changes_nothing(tmp_path):
+    from flows.pipeline import prepare_run
+    from infra.config import ConfigError
+    from tests.conftest import ROOT
+
+    cfg = str(ROOT / "configs" / "quickstart.yaml")
+    run_dir = prepare_run(cfg, "r", str(tmp_path), {"seeds.n": 4})
+    store = RunStore.at(run_dir)
+    assert prepare_run(cfg, "r", str(tmp_path), {"seeds.n": 4}) == run_dir  # the same values: nothing to record
+    assert not (store.run_dir / "reruns.jsonl").exists()
+    prepare_run(cfg, "r", str(tmp_path), {"seeds.n": 4, "search.candidates": 7})
+    assert RunConfig.model_validate(store.load_config()).search.candidates == 7
+    log = [json.loads(line) for line in (store.run_dir / "reruns.jsonl").read_text().splitlines()]
+    assert log == [{**log[0], "stage": "resume", "changes": {"seeds.n": {"old": 4, "new": 4}, "search.candidates": {"old": 5, "new": 7}}}]
+    before = store.load_config()
+    with pytest.raises(ConfigError, match="search.candidates"):
+        prepare_run(cfg, "r", str(tmp_path), {"search.candidates": 1})
+    assert store.load_config() == before
