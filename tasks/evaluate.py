@@ -1,0 +1,145 @@
+"""Held-out evaluation of a policy: greedy accuracy (and maj@k / pass@k), with 95% CIs.
+
+``held_out(section, seeds, training) -> (problems, overlap)``: the evaluation problems (the
+run's own seeds section with another generator seed, or ``section.problems``), with every
+problem whose question is also a training question removed and counted.
+``evaluate_policy(problems, generate, section, ...) -> (evals rows, per-problem rows)``:
+one greedy completion per problem (the whole solution, temperature 0), plus ``k`` samples
+at ``section.temperature`` when ``k > 1`` for maj@k (the most frequent answer is right)
+and pass@k (any answer is right). Answers are checked against gold like every chain.
+Intervals are Wilson score intervals; ``mcnemar`` compares two models on the same problems.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from infra.backends.base import GenRequest
+from infra.config import BuiltinSeeds, EvaluateConfig, FileSeeds, RunConfig, SeedsConfig
+from infra.prompts import load_template
+from infra.schemas import from_rows, require
+from tasks.answers import extract_answer, is_equivalent
+from tasks.common import RunContext, is_transient
+from tasks.search import Generate
+from tasks.seeds import load_seeds
+from tasks.train import trained_backend
+
+STAGE = "evaluate"
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(a: dict[str, bool], b: dict[str, bool]) -> dict[str, float]:
+    """Exact McNemar test of two models' per-problem correctness on their common problems:
+    ``b_only`` (b right, a wrong), ``a_only``, ``n`` common problems and the two-sided p value
+    of the binomial test on the discordant pairs."""
+    common = sorted(set(a) & set(b))
+    b_only = sum(1 for p in common if b[p] and not a[p])
+    a_only = sum(1 for p in common if a[p] and not b[p])
+    m = a_only + b_only
+    if m == 0:
+        return {"n": len(common), "a_only": 0, "b_only": 0, "p_value": 1.0}
+    tail = sum(math.comb(m, i) for i in range(min(a_only, b_only) + 1)) / 2**m
+    return {"n": len(common), "a_only": a_only, "b_only": b_only, "p_value": min(1.0, 2 * tail)}
+
+
+def held_out_seeds(section: EvaluateConfig, seeds: SeedsConfig) -> SeedsConfig:
+    """The evaluation problems' source: ``section.problems``, or the run's built-in seeds with
+    ``section.seed`` and ``section.n`` (same difficulty, other problems)."""
+    if section.problems is not None:
+        return section.problems
+    if isinstance(seeds, BuiltinSeeds):
+        return seeds.model_copy(update={"seed": section.seed, "n": section.n})
+    raise ValueError("evaluate.problems must be set when the run's seeds are a file (there is no generator to draw "
+                     "held-out problems from)")
+
+
+def held_out(section: EvaluateConfig, seeds: SeedsConfig, training_questions: set[str], *, run_id: str) -> tuple[pa.Table, int]:
+    """(held-out problems, how many were dropped because their question is a training question)."""
+    problems, _ = load_seeds(held_out_seeds(section, seeds), run_id)
+    if isinstance(held_out_seeds(section, seeds), FileSeeds) and section.n:
+        problems = problems.slice(0, section.n)
+    keep = [q.strip() not in training_questions for q in problems.column("question").to_pylist()]
+    return problems.filter(pa.array(keep, pa.bool_())), keep.count(False)
+
+
+def _answers(generate: Generate, prompts: list[str], n: int, temperature: float, max_tokens: int, seed: int) -> list[list[str | None]]:
+    requests = [GenRequest(prompt=p, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed + i) for i, p in enumerate(prompts)]
+    return [[extract_answer(c.text) for c in res.completions] for res in generate(requests)] if requests else []
+
+
+def evaluate_policy(problems: pa.Table, generate: Generate, section: EvaluateConfig, prompt_template: str, *,
+                    run_id: str, round: int, model: str, dataset: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(``evals`` rows, ``eval_items`` rows) of one model on ``problems`` (see the module docstring)."""
+    require(problems, "problems", ["problem_id", "question", "gold_answer"])
+    solve = load_template(prompt_template)
+    rows = problems.select(["problem_id", "question", "gold_answer"]).to_pylist()
+    prompts = [solve.render(question=r["question"]) for r in rows]
+    greedy = _answers(generate, prompts, 1, 0.0, section.max_tokens, seed)
+    right = {"greedy": [is_equivalent(a[0], r["gold_answer"]) for a, r in zip(greedy, rows)]}
+    if section.k > 1:
+        samples = _answers(generate, prompts, section.k, section.temperature, section.max_tokens, seed + 1_000_003)
+        right[f"pass@{section.k}"] = [any(is_equivalent(a, r["gold_answer"]) for a in s) for s, r in zip(samples, rows)]
+        right[f"maj@{section.k}"] = [_majority_right(s, r["gold_answer"]) for s, r in zip(samples, rows)]
+    evals = []
+    for metric, flags in right.items():
+        lo, hi = wilson(sum(flags), len(flags))
+        evals.append({"run_id": run_id, "round": round, "model": model, "dataset": dataset, "metric": metric,
+                      "value": sum(flags) / len(flags) if flags else 0.0, "ci_low": lo, "ci_high": hi, "n": len(flags)})
+    items = [{"run_id": run_id, "round": round, "model": model, "dataset": dataset, "problem_id": r["problem_id"],
+              "answer": a[0], "correct": ok} for r, a, ok in zip(rows, greedy, right["greedy"])]
+    return evals, items
+
+
+def _majority_right(answers: list[str | None], gold: str) -> bool:
+    votes = Counter(a.strip() for a in answers if a)
+    return bool(votes) and is_equivalent(votes.most_common(1)[0][0], gold)
+
+
+def dataset_name(section: EvaluateConfig, seeds: SeedsConfig) -> str:
+    src = held_out_seeds(section, seeds)
+    return f"builtin:seed={src.seed}:n={src.n}" if isinstance(src, BuiltinSeeds) else "file:" + ",".join(src.paths)
+
+
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
+def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
+    """Evaluate the checkpoint the round trained (and, in round 0, the policy it started from)
+    on the held-out problems -> ``evals`` and ``eval_items``; each model's pool is closed
+    after its evaluation."""
+    from infra.pool import close_pool, get_pool
+
+    ctx = RunContext.open(run_dir)
+    cfg: RunConfig = ctx.cfg
+    store = ctx.store
+    fp = ctx.fingerprint(config_hash, [("problems", "seeds"), ("models", "train")])
+    if not ctx.is_done(STAGE, shard, fp):
+        training = {q.strip() for q in store.read_table("problems", "seeds").column("question").to_pylist()}
+        problems, overlap = held_out(cfg.evaluate, cfg.seeds, training, run_id=ctx.run_id)
+        dataset = dataset_name(cfg.evaluate, cfg.seeds)
+        models = [(cfg.round, cfg.policy)] if cfg.round == 0 else []
+        models += [(cfg.round + 1, trained_backend(cfg.policy, m["path"])) for m in store.read_table("models", "train").to_pylist()]
+        evals, items = [], []
+        for rnd, backend in models:
+            pool = get_pool(backend, cfg.pool)
+            e, i = evaluate_policy(problems, pool.generate, cfg.evaluate, cfg.generation.prompt_template, run_id=ctx.run_id,
+                                   round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed)
+            close_pool(backend, cfg.pool)
+            evals += e + [{**e[0], "metric": "overlap_removed", "value": float(overlap), "ci_low": None, "ci_high": None}]
+            items += i
+        ctx.commit(STAGE, shard, {"evals": from_rows(evals, "evals"), "eval_items": from_rows(items, "eval_items")}, fp)
+    return str(store.part_path("evals", STAGE, shard))

@@ -1,0 +1,109 @@
+"""The self-evolution report: does the model improve, and does its data improve with it?
+
+``write_evolve_report(root, record) -> path`` writes ``<root>/evolve/<id>.html``, one
+self-contained page (plots embedded as PNG): held-out greedy accuracy per round with 95%
+CIs (and the paired McNemar test of the last round against round 0), the QDC of each
+round's data beside it (accuracy, Vendi q1, distinct-2, steps per chain of the generation
+chains; pairs per stage) — the QDC survey's question whether self-improvement collapses
+diversity — and the training curves (loss, reward accuracy, margin per step) of every round.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from infra.storage import RunStore, atomic_write_text
+from tasks.report import _png
+
+DATA_METRICS = (("accuracy", "data accuracy"), ("vendi_q1", "Vendi q1"), ("distinct_2", "distinct-2"), ("steps_per_chain", "steps"))
+
+
+def round_rows(root: Path, record: dict) -> list[dict]:
+    """Per round: the model's held-out accuracy (+CI) and the QDC of the round's generation chains."""
+    out = []
+    for rnd in sorted(record["rounds"], key=lambda r: r["round"]):
+        store = RunStore(root, rnd["run_id"])
+        m = {r["metric"]: r["value"] for r in store.read_table("metrics").to_pylist()
+             if r["stage"] == "generation" and r["table"] == "chains"}
+        start = [e for e in rnd["evals"] if e["metric"] == "greedy" and e["round"] == rnd["round"]]
+        trained = [e for e in rnd["evals"] if e["metric"] == "greedy" and e["round"] == rnd["round"] + 1]
+        out.append({"round": rnd["round"], "run_id": rnd["run_id"], "start": start[0] if start else None,
+                    "trained": trained[0] if trained else None, "data": {k: m.get(k) for k, _ in DATA_METRICS},
+                    "pairs": rnd.get("pairs_by_stage", {})})
+    return out
+
+
+def _plots(root: Path, record: dict, rows: list[dict]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    points = {}
+    for r in rows:
+        for e in (r["start"], r["trained"]):
+            if e:
+                points[e["round"]] = e
+    if points:
+        ks = sorted(points)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ys = [points[k]["value"] for k in ks]
+        err = [[points[k]["value"] - points[k]["ci_low"] for k in ks], [points[k]["ci_high"] - points[k]["value"] for k in ks]]
+        ax.errorbar(ks, ys, yerr=err, marker="o", capsize=4)
+        ax.set_xlabel("model of round (0 = starting policy)")
+        ax.set_ylabel("held-out greedy accuracy (95% CI)")
+        ax.set_xticks(ks)
+        plots.append(("Held-out accuracy per round", _png(fig)))
+    if rows:
+        fig, axes = plt.subplots(1, len(DATA_METRICS), figsize=(12, 3))
+        for ax, (k, label) in zip(axes, DATA_METRICS):
+            ax.plot([r["round"] for r in rows], [r["data"][k] for r in rows], marker="o")
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel("round")
+        plots.append(("QDC of each round's generation chains", _png(fig)))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    drew = False
+    for rnd in record["rounds"]:
+        log = [x for x in RunStore(root, rnd["run_id"]).read_table("train_log").to_pylist() if x["split"] == "train"]
+        if not log:
+            continue
+        drew = True
+        for ax, key in zip(axes, ("loss", "reward_accuracy", "margin")):
+            ax.plot([x["step"] for x in log], [x[key] for x in log], label=f"round {rnd['round']}")
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("step")
+    if drew:
+        axes[0].legend(fontsize=7)
+        plots.append(("Training curves", _png(fig)))
+    else:
+        plt.close(fig)
+    return plots
+
+
+def write_evolve_report(root: Path, record: dict) -> Path:
+    rows = round_rows(root, record)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>SPHERE self-evolution - {html.escape(record['evolve_id'])}</title>",
+             "<style>body{font-family:sans-serif;margin:24px;max-width:1300px}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
+             f"<h1>Self-evolution: {html.escape(record['evolve_id'])}</h1>",
+             "<table><tr><th>round</th><th>run</th><th>start acc</th><th>trained acc [95% CI]</th>"
+             + "".join(f"<th>{html.escape(label)}</th>" for _, label in DATA_METRICS) + "<th>pairs by stage</th></tr>"]
+    for r in rows:
+        s, t = r["start"], r["trained"]
+        cells = [str(r["round"]), html.escape(r["run_id"]), f"{s['value']:.3f}" if s else "",
+                 f"{t['value']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] (n={t['n']})" if t else ""]
+        cells += ["" if r["data"][k] is None else f"{r['data'][k]:.3f}" for k, _ in DATA_METRICS]
+        cells.append(html.escape(", ".join(f"{k}={v}" for k, v in r["pairs"].items())))
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    c = record.get("comparison") or {}
+    if c:
+        parts.append(f"<p>Paired McNemar, round {c['from_round']} vs round {c['to_round']} on {c['n']} held-out problems: "
+                     f"{c['b_only']} fixed, {c['a_only']} broken, p = {c['p_value']:.3g}.</p>")
+    for title, png in _plots(root, record, rows):
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    parts.append("</body></html>")
+    return atomic_write_text(root / "evolve" / f"{record['evolve_id']}.html", "".join(parts))
