@@ -56,7 +56,7 @@ class CallFailed(RuntimeError):
 
 class _Worker:
     def __init__(self, preload: tuple[str, ...], memory_limit_bytes: int | None, stderr: Any) -> None:
-        spec = json.dumps({"path": [p for p in sys.path if p], "preload": list(preload), "mem": memory_limit_bytes})
+        spec = json.dumps({"path": list(sys.path), "preload": list(preload), "mem": memory_limit_bytes})
         boot = "import sys,json;s=json.loads(sys.argv[1]);sys.path[:]=s['path'];from infra.timeout_pool import _serve;_serve(s)"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", boot, spec],
@@ -158,9 +158,15 @@ class TimeoutPool:
         worker.ready = True
 
     def close(self) -> None:
-        """Kill every idle worker; busy ones are killed when their call returns."""
+        """Kill every idle worker; busy ones are killed when their call returns.
+
+        In a forked child (an inherited ``atexit`` hook) it kills nothing: the workers
+        belong to the parent."""
         with self._cond:
             self._closed = True
+            if self._pid != os.getpid():
+                self._idle, self._live = [], 0
+                return
             idle, self._idle = self._idle, []
             self._live -= len(idle)
             self._cond.notify_all()

@@ -52,6 +52,7 @@ MAX_INPUT_CHARS = 10_000  # longer answers are only compared verbatim
 MAX_DIGITS = 1000  # longest number compared exactly
 MAX_NESTING = 12  # deepest bracket nesting that goes to symbolic work
 MAX_EXPONENT = 10_000  # largest literal exponent / factorial argument for symbolic work
+MAX_SYMBOLIC_PAIRS = 32  # most element pairs of one answer that go to symbolic work
 MAX_GOLD_CHARS = 1000
 SYMBOLIC_TIMEOUT_S = 5.0
 SYMBOLIC_WORKERS = 2
@@ -188,7 +189,7 @@ def _canon(s: str) -> str:
 
 _UNITS = (
     "cents cent dollars dollar degrees degree units unit square sq cubic inches inch in feet foot ft "
-    "yards yard yd miles mile mi meters meter metres metre cm mm km kilometers kg grams gram g mg "
+    "yards yard yd miles mile mi meters meter metres metre cm mm km kilometers kg grams gram mg "
     "liters liter litres ml gallons gallon pounds pound lbs lb ounces ounce oz hours hour hrs hr "
     "minutes minute mins min seconds second secs sec days day weeks week months month years year "
     "mph kmh percent"
@@ -210,11 +211,11 @@ class _Refused(Exception):
 def _scalar(c: str) -> Fraction | float | None:
     """A canonical string as an exact number (or ±inf), None when it is not one."""
     c = _UNIT_SUFFIX.sub("", c.replace(" ", "")) if len(c) < 100 else c
-    if sum(ch.isdigit() for ch in c) > MAX_DIGITS:
+    plain, m = _PLAIN.match(c), _SLASH.match(c) or _FRAC.match(c)
+    if (plain or m) and sum(ch.isdigit() for ch in c) > MAX_DIGITS:
         raise _Refused(f"number with more than {MAX_DIGITS} digits")
-    if _PLAIN.match(c):
+    if plain:
         return Fraction(c.replace(",", "").rstrip(".") or "0")
-    m = _SLASH.match(c) or _FRAC.match(c)
     if m:
         sign, num, den = m.group(1), *(g for g in m.groups()[1:] if g is not None)
         num, den = Fraction(num.replace(",", "")), Fraction(den.replace(",", ""))
@@ -355,9 +356,11 @@ def _verify(pred: object, gold: object, timeout_s: float) -> Verification:
     return _symbolic(pending, timeout_s)
 
 
-def _compare(p: str, g: str, pending: list[tuple[str, str]]) -> Verification | None:
+def _compare(p: str, g: str, pending: list[tuple[str, str]], depth: int = 0) -> Verification | None:
     """In-process verdict for canonical strings, or None with symbolic pairs in ``pending``
     (then the verdict is: all pending pairs correct, given the in-process parts are)."""
+    if depth > MAX_NESTING:
+        raise _Refused(f"nested deeper than {MAX_NESTING}")
     if p == g:
         return _v(Verdict.correct, "equal after normalisation")
     a, b = _scalar(p), _scalar(g)
@@ -379,7 +382,7 @@ def _compare(p: str, g: str, pending: list[tuple[str, str]]) -> Verification | N
     if len(xs) != len(ys):
         return _v(Verdict.wrong, f"{len(xs)} elements, gold has {len(ys)}")
     for x, y in zip(xs, ys):
-        v = _compare(x, y, pending)
+        v = _compare(x, y, pending, depth + 1)
         if v is not None and v.verdict is not Verdict.correct:
             pending.clear()
             return _v(v.verdict, f"element {x!r} vs {y!r}: {v.reason}"[:300])
@@ -450,6 +453,10 @@ def _exponent(s: str, i: int) -> str:
 
 
 def _symbolic(pairs: list[tuple[str, str]], timeout_s: float) -> Verification:
+    if timeout_s <= 0:
+        return _v(Verdict.unknown, "symbolic checks disabled (timeout_s <= 0)")
+    if len(pairs) > MAX_SYMBOLIC_PAIRS:
+        return _v(Verdict.unknown, f"more than {MAX_SYMBOLIC_PAIRS} elements need a symbolic check")
     for p, g in pairs:
         why = _refusal(p) or _refusal(g)
         if why:

@@ -112,3 +112,15 @@ def test_close_kills_the_workers(pool):
         time.sleep(0.05)
     else:
         pytest.fail("worker still alive after close()")
+
+
+def test_a_forked_child_does_not_kill_the_parents_workers(pool):
+    pid = pool.call(os.getpid, timeout_s=30)
+    child = os.fork()
+    if child == 0:  # the child's close() (as its inherited atexit hook would) must not kill
+        try:
+            pool.close()
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert pool.call(os.getpid, timeout_s=30) == pid

@@ -156,3 +156,22 @@ def test_check_gold_rejects_an_unknown_format():
 )
 def test_as_number(s, want):
     assert as_number(s) == want
+
+
+def test_no_symbolic_work_with_a_zero_limit():
+    v = verify_answer("\\sqrt{4}", "2", timeout_s=0)
+    assert v.verdict is U and "disabled" in v.reason
+    assert verify_answer("2.0", "2", timeout_s=0).verdict is C  # numbers never need the pool
+
+
+def test_deeply_nested_tuples_are_refused_not_crashed():
+    deep = "(" * 1000 + "1,2" + ",3)" * 1000
+    v = verify_answer(deep, deep.replace("3", "4"))
+    assert v.verdict is U and "nested" in v.reason
+
+
+def test_too_many_symbolic_elements_are_refused():
+    roots = "(" + ",".join(f"\\sqrt{{{i}}}" for i in range(40)) + ")"
+    powers = "(" + ",".join(f"{i}^{{1/2}}" for i in range(40)) + ")"
+    v = verify_answer(roots, powers)
+    assert v.verdict is U and "elements" in v.reason
