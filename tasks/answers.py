@@ -86,10 +86,13 @@ def last_boxed(text: str) -> str | None:
     return text[i + 1 : end].strip() or None
 
 
+_BRACE = re.compile(r"[{}]")
+
+
 def _closing_brace(text: str, i: int) -> int | None:
     """Index of the ``}`` closing the ``{`` at ``i``, or None."""
     depth = 0
-    for m in re.compile(r"[{}]").finditer(text, i):
+    for m in _BRACE.finditer(text, i):
         depth += 1 if m.group() == "{" else -1
         if depth == 0:
             return m.start()
@@ -433,9 +436,10 @@ def _refusal(s: str) -> str | None:
         return f"nested deeper than {MAX_NESTING}"
     for m in re.finditer(r"\^|\*\*", s):
         exp = _exponent(s, m.end())
-        if "^" in exp or "**" in exp or "\\exp" in exp or s[m.end() + len(exp) :].lstrip("}").startswith(("^", "**")):
+        after = s[m.end() :].lstrip(" ")[len(exp) :].lstrip(" }")
+        if "^" in exp or "**" in exp or "\\exp" in exp or after.startswith(("^", "**")):
             return "exponent tower"
-        if re.fullmatch(r"[-+]?\d+", exp.strip("{}")) and abs(int(exp.strip("{}")[:8])) > MAX_EXPONENT:
+        if re.fullmatch(r"[-+]?\d+", exp.strip("{}()")) and abs(int(exp.strip("{}()")[:8])) > MAX_EXPONENT:
             return f"exponent above {MAX_EXPONENT}"
     for m in re.finditer(r"(\d+)\}?\)?!", s):
         if len(m.group(1)) > 7 or int(m.group(1)) > MAX_EXPONENT:
@@ -444,11 +448,17 @@ def _refusal(s: str) -> str | None:
 
 
 def _exponent(s: str, i: int) -> str:
-    """The exponent operand starting at ``s[i]``: a braced group or one token."""
-    if i < len(s) and s[i] == "{":
-        end = _closing_brace(s, i)
-        return s[i : end + 1] if end is not None else s[i:]
-    m = re.match(r"\s*(?:\\[A-Za-z]+|[-+]?\d+|\w|\()", s[i:])
+    """The exponent operand starting at ``s[i]``: a ``{}`` or ``()`` group, or one token."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if i < len(s) and s[i] in "{(":
+        depth = 0
+        for j in range(i, len(s)):
+            depth += (s[j] in "{(") - (s[j] in "})")
+            if depth == 0:
+                return s[i : j + 1]
+        return s[i:]
+    m = re.match(r"\\[A-Za-z]+|[-+]?\d+|\w", s[i:])
     return m.group(0) if m else ""
 
 

@@ -175,3 +175,14 @@ def test_too_many_symbolic_elements_are_refused():
     powers = "(" + ",".join(f"{i}^{{1/2}}" for i in range(40)) + ")"
     v = verify_answer(roots, powers)
     assert v.verdict is U and "elements" in v.reason
+
+
+@pytest.mark.parametrize("tower", ["9^{9^{9^{9}}}", "9^9^9", "2^(3^(4^5))", "2**3**4", "e^{e^{e^{x}}}", "x^{100000}"])
+def test_towers_and_huge_exponents_are_refused_before_symbolic_work(tower):
+    v = verify_answer(f"{tower}+1", tower)
+    assert v.verdict is U and "exponent" in v.reason
+
+
+@pytest.mark.parametrize("fine", ["(2^3)^4", "2^{-3}", "10^{10}", "x^{2}y^{3}", "e^{i\\pi}"])
+def test_ordinary_powers_go_to_the_symbolic_check(fine):
+    assert verify_answer(f"{fine}+1", fine).verdict is W
