@@ -14,8 +14,9 @@ says ``correct``, ``wrong`` or ``unknown`` (with a reason), in this order:
 2. string equality after normalisation (``$``, ``\\$``, ``\\!``, ``\\,``, ``\\left``/``\\right``,
    ``\\text{...}`` wrappers, ``^\\circ``, ``\\%``, ``\\dfrac``, spaces, a trailing period, an
    enclosing ``\\boxed{}``) is ``correct``;
-3. numbers (integers, decimals, ``a/b``, ``\\frac{a}{b}``, thousands separators, ``\\$``,
-   ``%`` and unit words such as ``cm`` or ``dollars``) are compared exactly as rationals,
+3. numbers (integers, decimals, ``a/b``, ``\\frac{a}{b}``, mixed numbers ``6\\frac{1}{5}``,
+   thousands separators, ``\\$``, ``%`` and unit words such as ``cm`` or ``dollars``; a
+   ``%`` is dropped, so ``50\\%`` is ``50``) are compared exactly as rationals,
    in-process; ``0.333`` is not ``1/3``; more than ``MAX_DIGITS`` digits is ``unknown``;
 4. tuples and intervals (bracket types matter: ``(3,4]`` is not ``(3,4)``), sets and bare
    lists (order ignored) and matrices are compared element-wise; numeric elements
@@ -204,6 +205,7 @@ _DECIMAL = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+"
 _PLAIN = re.compile(rf"^(?:{_DECIMAL})$")
 _SLASH = re.compile(r"^([-+]?)(\d+)/(\d+)$")
 _FRAC = re.compile(rf"^([-+]?)\\frac(?:\{{({_DECIMAL})\}}\{{({_DECIMAL})\}}|(\d)(\d))$")
+_MIXED = re.compile(r"^([-+]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}$")  # 6\frac{1}{5} = 31/5, MATH's mixed numbers
 _INF = re.compile(r"^([-+]?)(?:\\infty|\\inf|∞|oo|infinity)$")
 
 
@@ -214,8 +216,8 @@ class _Refused(Exception):
 def _scalar(c: str) -> Fraction | float | None:
     """A canonical string as an exact number (or ±inf), None when it is not one."""
     c = _UNIT_SUFFIX.sub("", c.replace(" ", "")) if len(c) < 100 else c
-    plain, m = _PLAIN.match(c), _SLASH.match(c) or _FRAC.match(c)
-    if (plain or m) and sum(ch.isdigit() for ch in c) > MAX_DIGITS:
+    plain, m, mixed = _PLAIN.match(c), _SLASH.match(c) or _FRAC.match(c), _MIXED.match(c)
+    if (plain or m or mixed) and sum(ch.isdigit() for ch in c) > MAX_DIGITS:
         raise _Refused(f"number with more than {MAX_DIGITS} digits")
     if plain:
         return Fraction(c.replace(",", "").rstrip(".") or "0")
@@ -223,6 +225,9 @@ def _scalar(c: str) -> Fraction | float | None:
         sign, num, den = m.group(1), *(g for g in m.groups()[1:] if g is not None)
         num, den = Fraction(num.replace(",", "")), Fraction(den.replace(",", ""))
         return None if den == 0 else (-1 if sign == "-" else 1) * num / den
+    if mixed and int(mixed.group(3)) < int(mixed.group(4)):  # proper fraction: a mixed number, not a product
+        whole = int(mixed.group(2)) + Fraction(int(mixed.group(3)), int(mixed.group(4)))
+        return -whole if mixed.group(1) == "-" else whole
     m = _INF.match(c)
     if m:
         return float("-inf") if m.group(1) == "-" else float("inf")

@@ -36,6 +36,11 @@ C, W, U = Verdict.correct, Verdict.wrong, Verdict.unknown
         ("0.3333333333", "1/3", W),
         ("100000000000000000001", "100000000000000000000", W),
         ("9", "8", W),
+        # MATH's mixed numbers (14 of the 5,000 MATH test golds): 6 1/5, not 6 times 1/5
+        ("\\frac{31}{5}", "6\\frac15", C),
+        ("6.2", "6 \\frac{1}{5}", C),
+        ("\\frac{6}{5}", "6\\frac{1}{5}", W),
+        ("-\\frac{7}{4}", "-1\\frac{3}{4}", C),
         # tuples, intervals: bracket types matter
         ("(3,4]", "(3,4)", W),
         ("[3,4]", "(3,4)", W),
