@@ -220,6 +220,10 @@ class DedupConfig(_Model):
 
 class ValidationConfig(_Model):
     max_failure_share: float = Field(0.05, ge=0, le=1, description="A stage fails when more than this share of its rows fail the suite.")
+    max_wrong_steps: Optional[int] = Field(
+        0, ge=0, description="Process verification: a chosen chain or SFT completion with more steps than this whose "
+        "arithmetic the checker judges wrong is quarantined (check 'process_verification', the failing step named), even "
+        "when its final answer is right (errors that cancel). None: no process verification.")
 
 
 class MetricsConfig(_Model):

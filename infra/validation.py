@@ -95,7 +95,7 @@ def _suite(table_name: str, gxe):
             gxe.ExpectColumnValuesToNotBeNull(column="chain_id"),
             gxe.ExpectColumnValuesToBeUnique(column="chain_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
-            gxe.ExpectColumnValuesToBeInSet(column="verdict", value_set=["correct", "wrong", "no_answer", "error"]),
+            gxe.ExpectColumnValuesToBeInSet(column="verdict", value_set=["correct", "wrong", "unknown", "no_answer", "error"]),
             gxe.ExpectColumnValuesToBeInSet(column="branch", value_set=["max", "min"]),
             gxe.ExpectColumnValuesToBeInSet(column="_verdict_consistent", value_set=true),
             gxe.ExpectColumnValuesToBeInSet(column="_n_steps_ok", value_set=true),

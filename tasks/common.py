@@ -33,7 +33,7 @@ from infra.prompts import load_template
 from infra.schemas import from_rows
 from infra.storage import RunStore, file_sha256
 from infra.validation import ValidationFailed, validate
-from tasks.checks import row_checks
+from tasks.checks import process_failures, row_checks
 from tasks.engine import Engine
 from tasks.rows import quarantine_rows
 from tasks.scorers import build_scorer
@@ -98,11 +98,17 @@ class RunContext:
                       cfg.scorer.unknown_score, pool.model_name, self.run_id, config_hash)
 
     def persist(self, table_name: str, stage: str, shard: str, table: pa.Table, problems: pa.Table | None = None, **meta) -> Path:
-        """Validate one output table, write quarantine + validation results + good rows."""
+        """Process-verify, then validate one output table; write quarantine + validation
+        results + good rows."""
+        why = process_failures(table_name, table, self.cfg.validation.max_wrong_steps, self.cfg.search.step_separator)
+        failed = [{"row": table.slice(i, 1).to_pylist()[0], "check": "process_verification", "reason": w}
+                  for i, w in enumerate(why) if w]
+        table = table.filter(pa.array([w is None for w in why], pa.bool_())) if failed else table
         extra = row_checks(table_name, table, problems, load_template(self.cfg.generation.prompt_template))
         outcome = validate(table_name, table, extra)
         store = self.store
-        store.write("quarantine", f"{stage}-{table_name}", shard, quarantine_rows(self.run_id, stage, table_name, outcome.bad_rows))
+        store.write("quarantine", f"{stage}-{table_name}", shard,
+                    quarantine_rows(self.run_id, stage, table_name, failed + outcome.bad_rows))
         store.write(
             "validation", f"{stage}-{table_name}", shard,
             from_rows([{"run_id": self.run_id, "stage": stage, "table": table_name, "shard": shard, **r} for r in outcome.results], "validation"),

@@ -43,7 +43,7 @@ def diversify(worklist: pa.Table, section: DiversityStage, engine: Engine, promp
                      parent=by_id[c.problem_id]["chain_id"]) for c in chains]
     pairs = []
     for r in out:
-        if r["branch"] == "min" and not r["correct"] and r["verdict"] != "no_answer":
+        if r["branch"] == "min" and r["verdict"] == "wrong":
             policy = by_id[r["problem_id"]]
             chosen = {"chain_id": policy["chain_id"], "problem_id": r["problem_id"], "text": policy["text"],
                       "step_scores": policy["step_scores"], "prompt": r["prompt"]}

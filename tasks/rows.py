@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from infra.prompts import Template
 from infra.schemas import from_rows, stable_id
-from tasks.answers import extract_answer, is_equivalent
+from tasks.answers import extract_answer, verify_answer
 from tasks.engine import Engine
 from tasks.search import Chain
 
@@ -18,16 +18,21 @@ from tasks.search import Chain
 def chain_row(c: Chain, problem: dict, *, stage: str, engine: Engine, template: Template, prompt: str,
               parent: str | None = None, error: str | None = None) -> dict:
     """One ``chains`` row. ``prompt`` is the rendered prompt the chain was grown from;
-    ``problem`` needs problem_id and gold_answer. The verdict is ``error`` when ``error`` is
-    given, ``no_answer`` when the chain states no final answer (``error`` then says why),
-    else ``correct`` or ``wrong`` against gold."""
+    ``problem`` needs problem_id and gold_answer. The verdict is ``error`` when the search of
+    the problem failed (``error`` or ``c.error`` says why), ``no_answer`` when the chain states
+    no final answer (``error`` then says why), else the answer checker's verdict against gold:
+    ``correct``, ``wrong`` or ``unknown`` (undecided: refused or timed out; ``error`` holds the
+    checker's reason). Only ``correct`` rows have ``correct`` = true."""
     search = engine.search
     error = error or c.error
-    answer = extract_answer(c.steps[-1]) if c.steps and not c.error else None
-    correct = is_equivalent(answer, problem["gold_answer"]) if answer is not None else False
-    verdict = "error" if error else ("no_answer" if answer is None else ("correct" if correct else "wrong"))
+    answer = extract_answer(c.steps[-1]) if c.steps and not error else None
+    check = verify_answer(answer, problem["gold_answer"]) if answer is not None else None
+    correct = check is not None and check.correct
+    verdict = "error" if error else ("no_answer" if check is None else check.verdict.value)
     if answer is None and not error:
         error = f"no final answer stated (chain ended by {c.finish or 'error'} after {len(c.steps)} steps)"
+    elif check is not None and verdict == "unknown":
+        error = f"answer check undecided: {check.reason}"
     return {
         "run_id": engine.run_id,
         "chain_id": stable_id("chain", problem["problem_id"], stage, c.branch, template.sha, engine.config_hash, engine.seed),

@@ -2,8 +2,9 @@
 
 ``load_seeds(cfg, run_id) -> (problems, quarantine)`` is pure given the files. A row that
 cannot become a problem (over the size limit, not UTF-8, not JSON, not an object, missing
-or empty question, missing answer, gold answer that cannot be parsed, a duplicate of an
-earlier problem) goes to ``quarantine`` with the check that failed, a reason and its
+or empty question, missing answer, gold answer that cannot be parsed, a gold that is not
+valid for its format (``tasks.answers.check_gold``: a GSM8K gold that is not a number, a
+MATH gold with unbalanced braces...), a duplicate of an earlier problem) goes to ``quarantine`` with the check that failed, a reason and its
 source (``path:line``); the rest load. Problem ids are content hashes of (question, gold).
 """
 
@@ -22,7 +23,7 @@ from infra.config import BuiltinSeeds, FileSeeds, RunConfig
 from infra.schemas import from_rows, stable_id
 from infra.storage import file_sha256
 from infra.tiny.worldgen import Difficulty, generate
-from tasks.answers import ANSWER_RE, last_boxed, normalize_gold
+from tasks.answers import ANSWER_RE, check_gold, last_boxed, normalize_gold
 from tasks.common import RunContext
 
 STAGE = "seeds"
@@ -117,6 +118,9 @@ def _gold(cfg: FileSeeds, answer: str) -> str:
         gold = normalize_gold(boxed) if boxed else None
         if gold is None:
             raise RowRejected("unparseable_gold", f"no \\boxed{{...}} answer in {cfg.answer_field!r}")
+    why = check_gold(gold, cfg.format)
+    if why:
+        raise RowRejected("invalid_gold", why)
     return gold
 
 

@@ -96,3 +96,32 @@ def test_the_search_asks_for_log_probs_exactly_when_the_scorer_needs_them(scorer
         import math
 
         assert all(s == pytest.approx(math.exp(-0.1)) for c in chains for s in c.scores)
+
+
+def test_a_chosen_chain_with_cancelling_slips_is_quarantined_with_its_wrong_step_named(tmp_path):
+    from tasks.rows import pair_row
+
+    store = RunStore(tmp_path, "r")
+    store.save_config(RunConfig().model_dump(mode="json"))
+    ctx = RunContext.open(str(store.run_dir))
+    probs = from_rows([{"run_id": "r", "problem_id": p, "question": "She has 38 and gives 32. Then 12 more, then 1 less.",
+                        "gold_answer": "1" if p == "slip" else "17"} for p in ("slip", "clean")], "problems")
+    prompt = "Question: She has 38 and gives 32. Then 12 more, then 1 less.\nAnswer:\n"
+
+    def chain(cid, pid, text):
+        return {"chain_id": cid, "problem_id": pid, "text": text, "step_scores": [1.0], "prompt": prompt}
+
+    slip = "She gives 32, so 38-32=16.\n\nThen 12 more, so 16-12=4... no: 12-1=1.\n\n#### 1"  # 38-32=16 is wrong; the answer is right
+    pairs = from_rows([
+        pair_row("r", "generation", "generation_pair", chain("a", "slip", slip), chain("b", "slip", "#### 7")),
+        pair_row("r", "generation", "generation_pair", chain("c", "clean", "38-32=6.\n\n6+12=18.\n\n18-1=17.\n\n#### 17"),
+                 chain("d", "clean", "#### 9")),
+    ], "pairs")
+    ctx.commit("routing", "00000", {"pairs": pairs}, {"config": "h"}, problems=probs)
+    kept = store.read_table("pairs").to_pylist()
+    assert [p["chosen_chain_id"] for p in kept] == ["c"]
+    q = store.read_table("quarantine").to_pylist()
+    assert [(x["check"], x["source"]) for x in q] == [("process_verification", "slip")]
+    assert "step 1" in q[0]["reason"] and "38-32=16" in q[0]["reason"]
+    # the gate is not tripped by it (a content filter, like deduplication), and nothing else was quarantined
+    assert all(v["success"] for v in store.read_table("validation").to_pylist())

@@ -77,3 +77,32 @@ def test_builtin_seeds_are_reproducible_with_unique_ids():
     b, _ = load_seeds(BuiltinSeeds(n=300, seed=5), "other-run")
     assert a.column("problem_id").to_pylist() == b.column("problem_id").to_pylist()
     assert len(set(a.column("problem_id").to_pylist())) == 300
+
+
+def test_golds_that_cannot_match_are_quarantined_by_format_and_real_ones_are_not(tmp_path):
+    rows = [{"question": "Tom has 5 pens and buys 3. How many?", "answer": "#### banana"},
+            {"question": "Tom has 5 pens and buys 3 more. How many?", "answer": "#### 8"},
+            {"question": "Sam has $5 and gets $3. How much?", "answer": "#### $8.00"},
+            {"question": "Empty after marker?", "answer": "so 8\n#### "}]
+    f = tmp_path / "g.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    problems, bad = load_seeds(FileSeeds(paths=[str(f)]), "r")
+    assert problems.column("gold_answer").to_pylist() == ["8", "$8.00"]
+    got = {(b["check"], b["source"].rsplit(":", 1)[1]) for b in bad.to_pylist()}
+    assert got == {("invalid_gold", "1"), ("unparseable_gold", "4")}
+    assert "not a number" in bad.to_pylist()[0]["reason"] and "banana" in bad.to_pylist()[0]["reason"]
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"problem": "p", "solution": "so \\boxed{\\frac{1}{2}"}) + "\n"
+                 + json.dumps({"problem": "q", "solution": "so \\boxed{(3,4]}"}) + "\n", encoding="utf-8")
+    problems, bad = load_seeds(FileSeeds(paths=[str(m)], format="math", question_field="problem", answer_field="solution"), "r")
+    assert problems.column("gold_answer").to_pylist() == ["(3,4]"] and bad.column("check").to_pylist() == ["unparseable_gold"]
+
+
+@pytest.mark.parametrize("name, fmt", [("gsm8k_test_sample.jsonl", "gsm8k"), ("math_test_sample.jsonl", "math")])
+def test_no_real_public_row_is_wrongly_quarantined(name, fmt):
+    first = json.loads((DATA / name).read_text().splitlines()[0])
+    fields = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}[fmt]
+    if fields[0] not in first:
+        pytest.skip(f"{name} has columns {sorted(first)}")
+    problems, bad = load_seeds(FileSeeds(paths=[str(DATA / name)], format=fmt, question_field=fields[0], answer_field=fields[1]), "r")
+    assert bad.num_rows == 0 and problems.num_rows == len((DATA / name).read_text().splitlines())

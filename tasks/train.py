@@ -1,0 +1,91 @@
+"""The ``train`` stage: preference optimisation of the run's policy on the run's pairs.
+
+``train_policy(pairs, sft, section, policy_dir=, out_dir=)`` runs the trainer the section
+names (``infra.trainers``: ``tiny`` or ``trl``; methods ``dpo``, ``rpo``, ``sft``) with the
+run's starting policy as both the initial weights and the frozen reference. The wrapper
+puts the trainer's work (per-epoch checkpoints, ``train_log.jsonl``) in
+``<run>/models/train/<model_id>.work/`` (a killed training resumes there from its last
+epoch checkpoint), copies the final checkpoint to ``<run>/models/train/<model_id>/`` (a
+standard Hugging Face directory; the next round's policy) and commits ``train_log`` (per
+step, and per epoch on the held-out pairs) and ``models`` (the checkpoint and its lineage).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from infra.backends.tiny import NAMED
+from infra.config import TrainConfig
+from infra.schemas import from_rows, stable_id
+from infra.trainers import TrainError, TrainJob, TrainResult, train
+from tasks.common import RunContext
+
+STAGE = "train"
+
+
+def policy_checkpoint(policy) -> Path:
+    """The local Hugging Face checkpoint directory of a policy backend (what training starts from)."""
+    if policy.kind == "tiny":
+        return NAMED.get(policy.checkpoint, Path(policy.checkpoint))
+    if policy.kind == "vllm":
+        return Path(policy.model)
+    raise TrainError(f"training needs the policy as a local Hugging Face checkpoint; a {policy.kind!r} backend has none "
+                     "(train a tiny or vllm policy)")
+
+
+def trained_backend(policy, path: str | Path):
+    """The policy's backend config serving the checkpoint at ``path`` instead."""
+    if policy.kind == "tiny":
+        return policy.model_copy(update={"checkpoint": str(path)})
+    if policy.kind == "vllm":
+        return policy.model_copy(update={"model": str(path)})
+    raise TrainError(f"a {policy.kind!r} backend cannot serve a local checkpoint")
+
+
+def model_id(run_id: str, round: int) -> str:
+    """The id (and checkpoint directory name) of the model trained on ``run_id``'s data in ``round``."""
+    return f"m{round + 1}-{stable_id('model', run_id, round)[:8]}"
+
+
+def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy_dir: Path, out_dir: Path) -> TrainResult:
+    """Train from ``policy_dir`` (also the reference) on ``pairs`` / ``sft``; see ``infra.trainers``."""
+    return train(TrainJob(policy_dir=policy_dir, reference_dir=policy_dir, pairs=pairs, sft=sft, cfg=section, out_dir=out_dir))
+
+
+def _publish_checkpoint(final: Path, dest: Path) -> None:
+    """Copy the trained checkpoint to ``dest`` (a temp copy renamed into place)."""
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(final, tmp)
+    tmp.rename(dest)
+
+
+@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
+def train_task(run_dir: str, shard: str, config_hash: str) -> str:
+    """Train the next policy on the run's pairs -> ``train_log``, ``models`` and the checkpoint."""
+    ctx = RunContext.open(run_dir)
+    cfg = ctx.cfg
+    store = ctx.store
+    fp = ctx.fingerprint(config_hash, [("pairs", None), ("sft", None)])
+    if not ctx.is_done(STAGE, shard, fp):
+        mid = model_id(ctx.run_id, cfg.round)
+        base = store.run_dir / "models" / STAGE
+        policy_dir = policy_checkpoint(cfg.policy)
+        result = train_policy(store.read_table("pairs"), store.read_table("sft"), cfg.train, policy_dir=policy_dir,
+                              out_dir=base / f"{mid}.work")
+        dest = base / mid
+        _publish_checkpoint(result.final_dir, dest)
+        log = from_rows([{"run_id": ctx.run_id, "model_id": mid, **r} for r in result.rows], "train_log")
+        model = {"run_id": ctx.run_id, "evolve_id": cfg.evolve_id, "model_id": mid, "round": cfg.round, "path": str(dest),
+                 "parent_model": str(policy_dir), "trainer": cfg.train.kind, "method": cfg.train.method,
+                 "train_config_hash": config_hash, "pairs": result.n_train + result.n_val, "sft_rows": 0,
+                 "steps": result.steps, "seconds": result.seconds}
+        ctx.commit(STAGE, shard, {"train_log": log, "models": from_rows([model], "models")}, fp)
+    return str(store.part_path("models", STAGE, shard))
