@@ -241,6 +241,50 @@ class MetricsConfig(_Model):
     memory_limit: str = Field("256MB", description="DuckDB memory limit of the metrics queries (sorting spills to disk past it).")
 
 
+# ---------------------------------------------------------------- training
+
+
+PAIR_STAGES = ("generation", "self_correction", "diversity")
+
+
+class TrainConfig(_Model):
+    """Training the policy on the pairs it made (infra.trainers). The defaults are the recipe
+    measured on the tiny model: RPO with a large NLL weight (plain DPO collapses it)."""
+
+    kind: Literal["tiny", "trl"] = Field(
+        "tiny", description="tiny: the project's own torch loop over TinyLM on CPU; trl: TRL's DPOTrainer/SFTTrainer on "
+        "any Hugging Face causal LM directory.")
+    method: Literal["dpo", "rpo", "sft"] = Field(
+        "rpo", description="dpo: sigmoid DPO; rpo: DPO + alpha * length-normalised NLL of the chosen (Iterative RPO, "
+        "Pang et al. 2024); sft: NLL of sft_source completions only.")
+    sft_source: Literal["chosen", "sft"] = Field(
+        "chosen", description="sft: train on the pairs' chosen completions ('chosen') or on the run's SFT table ('sft').")
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature (deviation from the reference policy).")
+    alpha: float = Field(20.0, ge=0, description="rpo: weight of the chosen completion's length-normalised NLL.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW, linear decay to zero over the run).")
+    epochs: int = Field(2, ge=1, le=1000, description="Passes over the training pairs; a checkpoint is written after each.")
+    batch_size: int = Field(16, ge=1, description="Pairs (or SFT rows) per optimizer step.")
+    pair_stages: list[Literal["generation", "self_correction", "diversity"]] = Field(
+        default_factory=lambda: list(PAIR_STAGES), min_length=1,
+        description="Pair stages trained on (rows of other stages are dropped).")
+    min_margin: Optional[float] = Field(
+        None, description="Drop pairs whose margin (chosen score - rejected score) is below this, or missing; None: keep all.")
+    val_share: float = Field(
+        0.05, ge=0, lt=1, description="Share of problems held out for validation (by a hash of problem_id, so a problem's "
+        "pairs stay on one side and the split is the same every run).")
+    seed: int = Field(0, description="Seed of the batch order (a pure function of seed and epoch, so a resumed run sees the same batches).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (None: run all epochs).")
+    num_gpus: int = Field(
+        0, ge=0, description="0 trains in this process on CPU; > 0 runs the trl trainer inside a Ray actor holding this "
+        "many GPUs (the tiny trainer is CPU only).")
+
+    @model_validator(mode="after")
+    def _gpu_needs_trl(self):
+        if self.num_gpus > 0 and self.kind != "trl":
+            raise ValueError(f"num_gpus={self.num_gpus} needs kind 'trl' (the tiny trainer runs on CPU)")
+        return self
+
+
 class RunConfig(_Model):
     name: str = Field("quickstart", description="Run name; prefix of the run id.")
     data_root: str = Field("data", description="Where runs, the catalog and quarantine live; relative to the current directory.")
@@ -256,6 +300,7 @@ class RunConfig(_Model):
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="MinHash near-duplicate settings (SFT set and QDC metrics).")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The QDC metrics pass.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training the policy on the run's pairs (infra.trainers).")
 
     def get(self, dotted: str):
         """The value at a dotted path (``"search.candidates"``), as JSON-able data."""
