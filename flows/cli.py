@@ -308,6 +308,58 @@ def sweep(
 
 
 @app.command()
+def evolve(
+    config: Path = typer.Argument(..., help="Run config YAML of every round (its policy is round 0's; train/evaluate sections apply)."),
+    rounds: int = typer.Option(2, "--rounds", help="Rounds to run (generate -> train -> evaluate each)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Resume this evolve id: finished rounds are kept, the unfinished "
+                                          "round resumes from its last committed shard (training from its last epoch)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems per round (seeds.n)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config field of every round: --set train.method=sft (repeatable)."),
+) -> None:
+    """Self-evolution: each round runs the factory with the current policy, trains the next one on
+    the round's pairs and evaluates it on held-out problems (accuracy with 95% CIs)."""
+    from flows.evolve import EvolveError, accuracy_by_round, new_evolve_id, sphere_evolve
+    from infra.trainers import TrainError
+
+    overrides = _parse_sets(sets)
+    if n is not None:
+        overrides["seeds.n"] = n
+    try:
+        cfg = load_config(config, {**overrides, "train.enabled": True, "evaluate.enabled": True})
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    root = _data_root(data_root, cfg.data_root)
+    evolve_id = resume or new_evolve_id(cfg.name)
+    if resume and not (root / "evolve" / f"{resume}.json").is_file():
+        console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
+        raise typer.Exit(2)
+    console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
+    try:
+        record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides)
+    except (EvolveError, TrainError, ValueError) as e:
+        console.print(f"[red]evolve {evolve_id} stopped: {e}[/red]")
+        console.print(f"resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}")
+        raise typer.Exit(2 if isinstance(e, ValueError) and not isinstance(e, EvolveError) else 1)
+    except Exception as e:
+        console.print(f"[red]evolve {evolve_id} failed: {type(e).__name__}: {e}[/red]")
+        console.print(f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}")
+        raise typer.Exit(1)
+    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})")
+    for col in ("round", "model", "accuracy", "95% CI", "n"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    for a in accuracy_by_round(record):
+        t.add_row(str(a["round"]), a["model"], f"{a['accuracy']:.3f}", f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]", str(a["n"]))
+    Console().print(t)
+    c = record.get("comparison") or {}
+    if c:
+        Console().print(f"McNemar round {c['from_round']} vs {c['to_round']}: {c['b_only']} fixed, {c['a_only']} broken, "
+                        f"p = {c['p_value']:.2g} (n = {c['n']})")
+    Console().print(f"report: {record['report']}")
+
+
+@app.command()
 def server(
     host: str = typer.Option("127.0.0.1", "--host", help="Address the Prefect server listens on."),
     port: int = typer.Option(4200, "--port", help="Port of the API and UI."),

@@ -27,7 +27,7 @@ from infra.config import RunConfig, load_config
 from infra.storage import RunStore, atomic_write_text
 from tasks.evaluate import mcnemar
 from tasks.evolve_report import write_evolve_report
-from tasks.train import trained_backend
+from tasks.train import policy_checkpoint, trained_backend
 
 
 class EvolveError(ValueError):
@@ -68,6 +68,9 @@ def sphere_evolve(config_path: str, rounds: int, evolve_id: str, data_root: str 
     if rounds < 1:
         raise EvolveError(f"--rounds must be at least 1, got {rounds}")
     cfg = load_config(config_path, {**(overrides or {}), "train.enabled": True, "evaluate.enabled": True})  # validated before any work
+    start = policy_checkpoint(cfg.policy)
+    if not start.is_dir():
+        raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
     root = Path(data_root or cfg.data_root).resolve()
     path = _record_path(root, evolve_id)
     record = json.loads(path.read_text()) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,

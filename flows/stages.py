@@ -22,12 +22,14 @@ from typing import Any, Callable
 
 from infra.config import RunConfig
 from tasks.diversity import diversity_task
+from tasks.evaluate import evaluate_task
 from tasks.generation import generation_task
 from tasks.metrics import metrics_task
 from tasks.routing import routing_task
 from tasks.seeds import manifest_shards, seeds_task
 from tasks.self_correction import self_correction_task
 from tasks.sft import sft_task
+from tasks.train import train_task
 
 IMPLICIT_WRITES = ("quarantine", "validation")  # every stage's commit writes its rejected rows and suite results
 
@@ -97,6 +99,11 @@ STAGES: tuple[Stage, ...] = (
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
           config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
+    Stage("train", train_task, reads=("pairs", "sft"), writes=("train_log", "models"),
+          config=("train", "policy", "round"), after=("sft",), enabled=lambda cfg: cfg.train.enabled),
+    Stage("evaluate", evaluate_task, reads=("problems",), writes=("evals", "eval_items"),
+          config=("evaluate", "policy", "seeds", "round", "seed", "generation.prompt_template"),
+          after=("train",), backend=lambda cfg: cfg.policy, enabled=lambda cfg: cfg.evaluate.enabled),
 )
 
 

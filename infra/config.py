@@ -251,6 +251,7 @@ class TrainConfig(_Model):
     """Training the policy on the pairs it made (infra.trainers). The defaults are the recipe
     measured on the tiny model: RPO with a large NLL weight (plain DPO collapses it)."""
 
+    enabled: bool = Field(False, description="Run the train stage (sphere evolve turns it on).")
     kind: Literal["tiny", "trl"] = Field(
         "tiny", description="tiny: the project's own torch loop over TinyLM on CPU; trl: TRL's DPOTrainer/SFTTrainer on "
         "any Hugging Face causal LM directory.")
@@ -285,6 +286,20 @@ class TrainConfig(_Model):
         return self
 
 
+class EvaluateConfig(_Model):
+    """Held-out evaluation of the round's models (tasks.evaluate)."""
+
+    enabled: bool = Field(False, description="Run the evaluate stage (sphere evolve turns it on).")
+    problems: Optional[SeedsConfig] = Field(
+        None, description="Held-out problems (either seeds format); None: the run's built-in seeds with `seed` and `n` "
+        "(same difficulty, other problems). Problems whose question is a training question are dropped and counted.")
+    seed: int = Field(1_000_003, description="Generator seed of the built-in held-out problems (never a training seed).")
+    n: int = Field(500, ge=1, description="Held-out problems (built-in), or the first n of `problems`.")
+    k: int = Field(1, ge=1, le=64, description="Samples per problem for maj@k and pass@k (1: greedy accuracy only).")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature of the k samples.")
+    max_tokens: int = Field(320, ge=8, description="Token budget of one whole solution.")
+
+
 class RunConfig(_Model):
     name: str = Field("quickstart", description="Run name; prefix of the run id.")
     data_root: str = Field("data", description="Where runs, the catalog and quarantine live; relative to the current directory.")
@@ -301,6 +316,9 @@ class RunConfig(_Model):
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The QDC metrics pass.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training the policy on the run's pairs (infra.trainers).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Held-out evaluation of the policy and the trained model.")
+    round: int = Field(0, ge=0, description="Self-evolution round this run belongs to (sphere evolve sets it; 0 for a plain run).")
+    evolve_id: Optional[str] = Field(None, description="The sphere evolve this run is a round of (None for a plain run).")
 
     def get(self, dotted: str):
         """The value at a dotted path (``"search.candidates"``), as JSON-able data."""

@@ -145,6 +145,67 @@ WORKLIST = pa.schema(
 )
 """Routing's hand-off to self-correction and diversity: each routed problem with its MAX chain."""
 
+MODELS = pa.schema(
+    [
+        ("run_id", pa.string()),  # the round's data run that trained it
+        ("evolve_id", pa.string()),
+        ("model_id", pa.string()),
+        ("round", pa.int32()),  # the round whose data trained it (the model serves round + 1)
+        ("path", pa.string()),  # the Hugging Face checkpoint directory
+        ("parent_model", pa.string()),  # the policy it started from (and the DPO reference)
+        ("trainer", pa.string()),
+        ("method", pa.string()),
+        ("train_config_hash", pa.string()),
+        ("pairs", pa.int64()),
+        ("sft_rows", pa.int64()),
+        ("steps", pa.int64()),
+        ("seconds", pa.float64()),
+    ]
+)
+"""Every checkpoint the factory trained, with its lineage; its held-out results are in ``evals``."""
+
+TRAIN_LOG = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("model_id", pa.string()),
+        ("split", pa.string()),  # "train" (per step) or "val" (per epoch, held-out pairs)
+        ("step", pa.int64()),
+        ("epoch", pa.int32()),
+        ("loss", pa.float64()),
+        ("reward_accuracy", pa.float64()),
+        ("margin", pa.float64()),
+        ("chosen_logp", pa.float64()),
+        ("rejected_logp", pa.float64()),
+    ]
+)
+
+EVALS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("round", pa.int32()),  # the round the model serves (0 = the starting policy)
+        ("model", pa.string()),
+        ("dataset", pa.string()),
+        ("metric", pa.string()),  # greedy | maj@k | pass@k | overlap_removed
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),
+    ]
+)
+
+EVAL_ITEMS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("round", pa.int32()),
+        ("model", pa.string()),
+        ("dataset", pa.string()),
+        ("problem_id", pa.string()),
+        ("answer", pa.string()),
+        ("correct", pa.bool_()),
+    ]
+)
+"""Per-problem greedy results (for paired tests between rounds)."""
+
 SCHEMAS = {
     "problems": PROBLEMS,
     "chains": CHAINS,
@@ -155,6 +216,10 @@ SCHEMAS = {
     "quarantine": QUARANTINE,
     "validation": VALIDATION,
     "worklist": WORKLIST,
+    "models": MODELS,
+    "train_log": TRAIN_LOG,
+    "evals": EVALS,
+    "eval_items": EVAL_ITEMS,
 }
 
 

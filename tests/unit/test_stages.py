@@ -22,10 +22,13 @@ def toy(name, reads=(), writes=(), after=(), enabled=declared.always):
 
 
 def test_the_factory_runs_its_stages_in_the_declared_order():
-    assert names() == ("seeds", "generation", "routing", "self_correction", "diversity", "sft", "metrics")
-    assert downstream("generation") == ("routing", "self_correction", "diversity", "sft", "metrics")
-    assert downstream("self_correction") == ("sft", "metrics") and downstream("metrics") == ()
-    assert [s.name for s in check_stages(RunConfig())] == list(names())
+    factory = ("seeds", "generation", "routing", "self_correction", "diversity", "sft", "metrics")
+    assert names() == (*factory, "train", "evaluate")
+    assert downstream("generation") == ("routing", "self_correction", "diversity", "sft", "metrics", "train", "evaluate")
+    assert downstream("self_correction") == ("sft", "metrics", "train", "evaluate") and downstream("evaluate") == ()
+    assert [s.name for s in check_stages(RunConfig())] == list(factory)  # train and evaluate are off unless asked for
+    evolve = RunConfig.model_validate({"train": {"enabled": True}, "evaluate": {"enabled": True}})
+    assert [s.name for s in check_stages(evolve)] == list(names())
     off = RunConfig.model_validate({"self_correction": {"enabled": False}, "metrics": {"enabled": False}})
     assert [s.name for s in check_stages(off)] == ["seeds", "generation", "routing", "diversity", "sft"]
 
