@@ -62,12 +62,25 @@ def evolve_round(config_path: str, evolve_id: str, round: int, policy: dict, dat
             "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"]}
 
 
-@flow(name="sphere-evolve", flow_run_name="evolve-{evolve_id}")
-def sphere_evolve(config_path: str, rounds: int, evolve_id: str, data_root: str | None = None, overrides: dict | None = None) -> dict:
-    """Run ``rounds`` rounds (resuming an existing ``evolve_id``: finished rounds are kept)."""
+def _evolve_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"evolve-{flow_run.parameters.get('evolve_id') or 'new'}"
+
+
+@flow(name="sphere-evolve", flow_run_name=_evolve_name)
+def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = None, data_root: str | None = None,
+                  overrides: dict | None = None) -> dict:
+    """Run ``rounds`` rounds (resuming an existing ``evolve_id``: finished rounds are kept).
+    Without an ``evolve_id`` (a deployment's scheduled run) the id comes from the flow run,
+    so ``prefect flow-run retry`` resumes the same evolve."""
+    from prefect.runtime import flow_run
+
     if rounds < 1:
         raise EvolveError(f"--rounds must be at least 1, got {rounds}")
     cfg = load_config(config_path, {**(overrides or {}), "train.enabled": True, "evaluate.enabled": True})  # validated before any work
+    evolve_id = evolve_id or (f"{cfg.name}-evolve-fr{str(flow_run.get_id()).replace('-', '')[:12]}" if flow_run.get_id()
+                              else new_evolve_id(cfg.name))
     start = policy_checkpoint(cfg.policy)
     if not start.is_dir():
         raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
@@ -75,6 +88,7 @@ def sphere_evolve(config_path: str, rounds: int, evolve_id: str, data_root: str 
     path = _record_path(root, evolve_id)
     record = json.loads(path.read_text()) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,
                                                                    "overrides": overrides or {}, "rounds": []}
+    atomic_write_text(path, json.dumps(record, indent=2, default=str))  # so --resume finds an evolve killed in its first round
     done = [r for r in record["rounds"] if r.get("finished")]
     policy = done[-1]["next_policy"] if done else cfg.policy.model_dump(mode="json")
     for r in range(len(done), rounds):

@@ -1,0 +1,78 @@
+"""`sphere evolve`: rounds chain their policies, every checkpoint is recorded once with its
+lineage, a resumed evolve redoes nothing finished, and a training killed mid-way resumes
+from its last epoch checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from infra.storage import RunStore
+from tests.conftest import ROOT
+
+SMALL = {"seeds.n": 16, "generation.shard_size": 8, "metrics.embedder": "hashed", "evaluate.n": 40,
+         "train.epochs": 1, "train.batch_size": 8, "train.val_share": 0.0}
+
+
+def test_two_rounds_chain_their_policies_and_a_resume_redoes_nothing(prefect_api, ray_local, tmp_path):
+    from flows.evolve import sphere_evolve
+
+    cfg = str(ROOT / "configs" / "quickstart.yaml")
+    record = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=SMALL)
+    r0, r1 = record["rounds"]
+    m0, m1 = r0["model"], r1["model"]
+    assert Path(m0["path"]).is_dir() and Path(m1["path"]).is_dir() and m0["model_id"] != m1["model_id"]
+    # round 1 generated with round 0's checkpoint, and trained from it (it is the reference too)
+    stored = json.loads((tmp_path / "runs" / "ev-r1" / "config.json").read_text())
+    assert stored["policy"]["checkpoint"] == m0["path"] and m1["parent_model"] == m0["path"] and m1["round"] == 1
+    chains = RunStore(tmp_path, "ev-r1").read_table("chains", "generation").to_pylist()
+    assert {c["model"] for c in chains} == {f"tiny:{m0['model_id']}"}
+    # held-out accuracy of round 0's policy and of each round's model, with CIs
+    rounds = sorted({e["round"] for r in record["rounds"] for e in r["evals"] if e["metric"] == "greedy"})
+    assert rounds == [0, 1, 2]
+    assert all(e["ci_low"] <= e["value"] <= e["ci_high"] and e["n"] == 40 for r in record["rounds"] for e in r["evals"] if e["metric"] == "greedy")
+    assert record["comparison"]["n"] == 40 and Path(record["report"]).is_file()
+    models = [r for run in ("ev-r0", "ev-r1") for r in RunStore(tmp_path, run).read_table("models").to_pylist()]
+    assert [m["model_id"] for m in models] == [m0["model_id"], m1["model_id"]]
+    log = RunStore(tmp_path, "ev-r0").read_table("train_log").to_pylist()
+    assert log and all(x["model_id"] == m0["model_id"] for x in log)
+
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/ev-r*/_done/stages/*.json")}
+    again = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=SMALL)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/ev-r*/_done/stages/*.json")} == stamps
+    assert [r["model"]["model_id"] for r in again["rounds"]] == [m0["model_id"], m1["model_id"]]
+
+
+def test_kill_during_training_then_resume_finishes_from_the_last_epoch_checkpoint(tmp_path):
+    sets = [x for k, v in {**SMALL, "train.epochs": 6, "train.batch_size": 2, "evaluate.n": 20}.items() for x in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "flows.cli", "evolve", str(ROOT / "configs" / "quickstart.yaml"), "--rounds", "1",
+           "--data-root", str(tmp_path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd + sets, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline, killed = time.time() + 420, None
+    while time.time() < deadline and proc.poll() is None:
+        done = sorted(tmp_path.glob("runs/*/models/train/*.work/epoch-*"))
+        if done and not list(tmp_path.glob("runs/*/models/train/*.work/final")):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = [p.name for p in done]
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert killed, "the evolve finished or stalled before training could be killed"
+    evolve_id = next((tmp_path / "evolve").glob("*.json"), None)
+    evolve_id = evolve_id.stem if evolve_id else next((tmp_path / "runs").iterdir()).name.rsplit("-r", 1)[0]
+    first = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/models/train/*.work/epoch-*") if p.name in killed}
+    res = subprocess.run(cmd + ["--resume", evolve_id] + sets, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/models/train/*.work/epoch-*")}
+    assert all(after[k] == v for k, v in first.items())  # finished epochs were not recomputed
+    assert len(after) == 6
+    parts = list(tmp_path.glob("runs/*/models/train/part-*.parquet"))
+    ids = [m for p in parts for m in pq.read_table(p).column("model_id").to_pylist()]
+    assert len(ids) == 1  # one model, no duplicate

@@ -1,0 +1,90 @@
+"""Held-out evaluation: intervals, the paired test, the overlap check, maj@k / pass@k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infra.backends.base import Completion, GenResult
+from infra.config import BuiltinSeeds, ConfigError, EvaluateConfig, load_config
+from infra.schemas import from_rows
+from tasks.evaluate import evaluate_policy, held_out, mcnemar, wilson
+
+
+def test_wilson_interval_matches_known_values_and_contains_the_estimate():
+    lo, hi = wilson(74, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.6463, 0.816)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0 and wilson(0, 0) == (0.0, 1.0)
+
+
+@given(st.integers(0, 500), st.integers(1, 500))
+def test_wilson_brackets_the_proportion(k, n):
+    k = min(k, n)
+    lo, hi = wilson(k, n)
+    assert 0 <= lo <= k / n <= hi <= 1
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs():
+    a = {f"p{i}": i < 50 for i in range(100)}
+    b = {f"p{i}": i < 60 for i in range(100)}  # 10 fixed, none broken
+    r = mcnemar(a, b)
+    assert (r["n"], r["b_only"], r["a_only"]) == (100, 10, 0) and r["p_value"] == pytest.approx(2 / 2**10)
+    assert mcnemar(a, a)["p_value"] == 1.0
+    c = {**b, "p0": False}  # 10 fixed, 1 broken: p = 2 * P(X <= 1), X ~ Bin(11, 1/2)
+    assert mcnemar(a, c)["p_value"] == pytest.approx(2 * (1 + 11) / 2**11)
+
+
+def test_held_out_problems_never_include_a_training_question():
+    seeds = BuiltinSeeds(n=50, seed=1)
+    section = EvaluateConfig(seed=2, n=200)
+    everything, overlap = held_out(section, seeds, set(), run_id="r")
+    assert overlap == 0 and everything.num_rows == 200
+    training = {q.strip() for q in everything.column("question").to_pylist()[:30]} | {"a question nobody asks"}
+    problems, overlap = held_out(section, seeds, training, run_id="r")
+    assert overlap == 30 and problems.num_rows == 170
+    assert not training & {q.strip() for q in problems.column("question").to_pylist()}
+
+
+def test_greedy_maj_and_pass_at_k_are_scored_against_gold():
+    problems = from_rows([{"problem_id": f"p{i}", "question": f"q{i}", "gold_answer": "7"} for i in range(4)], "problems")
+    # greedy: right on p0, p1; samples: p0 [7,7,1] maj right, p1 [1,1,7] pass only, p2 [2,2,2] none, p3 [7,1,1] pass only
+    greedy = {"q0": "7", "q1": "7", "q2": "5", "q3": "5"}
+    samples = {"q0": ["7", "7", "1"], "q1": ["1", "1", "7"], "q2": ["2", "2", "2"], "q3": ["7", "1", "1"]}
+
+    def generate(requests):
+        out = []
+        for r in requests:
+            q = r.prompt.split("Question: ")[1].split("\n")[0]
+            texts = [greedy[q]] if r.temperature == 0 else samples[q]
+            out.append(GenResult([Completion(f"so.\n\n#### {t}", "eos", 3) for t in texts[: r.n]], 5))
+        return out
+
+    evals, items = evaluate_policy(problems, generate, EvaluateConfig(k=3), "solve_v1", run_id="r", round=0, model="m", dataset="d")
+    got = {e["metric"]: e["value"] for e in evals}
+    assert got == {"greedy": 0.5, "pass@3": 0.75, "maj@3": 0.25}
+    assert [i["correct"] for i in items] == [True, True, False, False] and all(e["n"] == 4 for e in evals)
+    g = next(e for e in evals if e["metric"] == "greedy")
+    assert (g["ci_low"], g["ci_high"]) == pytest.approx(wilson(2, 4))
+
+
+@pytest.mark.parametrize("yaml_text, field", [
+    ("train:\n  method: ppo\n", "train.method"),
+    ("train:\n  beta: 0\n", "train.beta"),
+    ("train:\n  lr: -1\n", "train.lr"),
+    ("evaluate:\n  k: 0\n", "evaluate.k"),
+])
+def test_a_bad_training_config_stops_with_one_message_naming_the_field(tmp_path, yaml_text, field):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(f)
+
+
+def test_wilson_is_symmetric():
+    for k, n in ((3, 10), (17, 40)):
+        lo, hi = wilson(k, n)
+        lo2, hi2 = wilson(n - k, n)
+        assert math.isclose(lo, 1 - hi2) and math.isclose(hi, 1 - lo2)
