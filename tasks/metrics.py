@@ -418,7 +418,6 @@ class _ParquetSink:
         self.tmp = path.with_name(f".{path.name}.tmp")
 
     def __call__(self, t: pa.Table) -> None:
-        import pyarrow.parquet as pq
 
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from infra.backends.tiny import NAMED
 from infra.config import TrainConfig
 from infra.schemas import from_rows, stable_id
+from infra.storage import atomic_write_dir
 from infra.trainers import TrainError, TrainJob, TrainResult, train
 from tasks.common import RunContext
 
@@ -57,16 +58,6 @@ def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy
     return train(TrainJob(policy_dir=policy_dir, reference_dir=policy_dir, pairs=pairs, sft=sft, cfg=section, out_dir=out_dir))
 
 
-def _publish_checkpoint(final: Path, dest: Path) -> None:
-    """Copy the trained checkpoint to ``dest`` (a temp copy renamed into place)."""
-    if dest.is_dir():
-        shutil.rmtree(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(final, tmp)
-    tmp.rename(dest)
-
-
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
 def train_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Train the next policy on the run's pairs -> ``train_log``, ``models`` and the checkpoint."""
@@ -81,7 +72,7 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
         result = train_policy(store.read_table("pairs"), store.read_table("sft"), cfg.train, policy_dir=policy_dir,
                               out_dir=base / f"{mid}.work")
         dest = base / mid
-        _publish_checkpoint(result.final_dir, dest)
+        atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))
         log = from_rows([{"run_id": ctx.run_id, "model_id": mid, **r} for r in result.rows], "train_log")
         model = {"run_id": ctx.run_id, "evolve_id": cfg.evolve_id, "model_id": mid, "round": cfg.round, "path": str(dest),
                  "parent_model": str(policy_dir), "trainer": cfg.train.kind, "method": cfg.train.method,

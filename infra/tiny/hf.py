@@ -31,12 +31,11 @@ a GPT-2 configuration or a tokenizer that ``TinyLM``/``Tokenizer`` cannot repres
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
+from infra.storage import atomic_write_dir
 from infra.tiny.model import BOS, EOS, PAD, SPECIALS, TOKEN_RE, UNK, TinyConfig, TinyLM, Tokenizer
 
 # Python's ``\s`` on str. Oniguruma's ``\s`` (the ``tokenizers`` regex engine) lacks
@@ -164,10 +163,6 @@ def save_pretrained(directory: str | Path, model: TinyLM, tok: Tokenizer, meta: 
     """
     from transformers import GenerationConfig, GPT2LMHeadModel
 
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     c = model.config
     hf = GPT2LMHeadModel(gpt2_config(c, meta or {}))
     missing, unexpected = hf.load_state_dict(_to_hf(model.state_dict(), c.n_layer), strict=False)
@@ -180,16 +175,14 @@ def save_pretrained(directory: str | Path, model: TinyLM, tok: Tokenizer, meta: 
         pad_token_id=PAD,
         suppress_tokens=[i for i in range(len(SPECIALS)) if i != EOS],
     )
-    hf.save_pretrained(tmp, safe_serialization=True)
-    hf_tokenizer(tok, c.max_len).save_pretrained(tmp)
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # transformers writes the weights 0600
-    old = final.parent / f".{final.name}.{os.getpid()}.old.tmp"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    def write(tmp: Path) -> None:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        hf_tokenizer(tok, c.max_len).save_pretrained(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # transformers writes the weights 0600
+
+    return atomic_write_dir(Path(directory), write)
 
 
 def _check_config(cfg: dict) -> TinyConfig:

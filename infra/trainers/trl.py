@@ -33,11 +33,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
+from infra.storage import atomic_write_dir
 from infra.trainers.base import (
     TrainData,
     TrainError,
@@ -72,18 +72,14 @@ def _imports() -> None:
 def _save_dir(final: Path, model, tok, meta: dict) -> Path:
     """``model.save_pretrained`` + ``tok.save_pretrained`` into a sibling temp dir, renamed onto
     ``final``. A tiny checkpoint's ``tiny_meta`` (config.json) becomes ``meta``."""
-    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     if hasattr(model.config, "tiny_meta"):
         model.config.tiny_meta = meta
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    old = final.parent / f".{final.name}.{os.getpid()}.old.tmp"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    return atomic_write_dir(final, write)
 
 
 def _context_length(model) -> int | None:

@@ -2,7 +2,6 @@
 server in front of it (429 bursts, 5xx, slow responses, dropped connections, garbled
 bodies), with AIMD flow control, retries, timeouts and the API key."""
 
-import os
 
 import pytest
 

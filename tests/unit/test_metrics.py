@@ -5,7 +5,7 @@ import pytest
 from vendi_score import vendi as reference
 
 from infra.config import RunConfig
-from infra.schemas import CHAINS, from_rows
+from infra.schemas import from_rows
 from infra.storage import RunStore
 from infra.embed import HashedEmbedder, hashed_ngrams
 from tasks.metrics import (DistinctCounter, TextDiversity, VendiAccumulator, compression_ratio, compute_metrics, count_strategies,
