@@ -92,7 +92,7 @@ def _raw_rows(path: Path, max_bytes: int) -> Iterator[tuple[str, dict | None, st
                 )
                 continue
             try:
-                text = line.decode("utf-8")
+                text = line.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark may open the file
             except UnicodeDecodeError as e:
                 yield src, None, line.decode("utf-8", "replace"), RowRejected("not_utf8", f"not UTF-8: {e.reason} at byte {e.start}")
                 continue

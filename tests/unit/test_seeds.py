@@ -106,3 +106,13 @@ def test_no_real_public_row_is_wrongly_quarantined(name, fmt):
         pytest.skip(f"{name} has columns {sorted(first)}")
     problems, bad = load_seeds(FileSeeds(paths=[str(DATA / name)], format=fmt, question_field=fields[0], answer_field=fields[1]), "r")
     assert bad.num_rows == 0 and problems.num_rows == len((DATA / name).read_text().splitlines())
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_not_errors(tmp_path):
+    rows = [{"question": "Tom has 5 pens and buys 3 more. How many?", "answer": "#### 8"},
+            {"question": "Ann has 9 cards and loses 4. How many?", "answer": "#### 5"}]
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\r\n" for r in rows))
+    problems, bad = load_seeds(FileSeeds(paths=[str(f)]), "r")
+    assert bad.num_rows == 0 and problems.column("gold_answer").to_pylist() == ["8", "5"]
+    assert problems.column("question").to_pylist()[0] == rows[0]["question"]
