@@ -26,7 +26,7 @@ from pathlib import Path
 
 DIFFICULTY = {"min_steps": 2, "max_steps": 6}
 TRAIN_SEED, EVAL_SEED = 1, 2024
-CHUNK = 200
+CHUNK = 500
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -86,9 +86,24 @@ def greedy(checkpoint: Path, problems) -> dict:
 
     model, tok, _ = load_pretrained(checkpoint)
     outs = _sample(model, tok, [PROMPT.format(question=p.question) for p in problems], [0] * len(problems), 0.0)
-    k = sum(_correct(o.text, p.answer) for o, p in zip(outs, problems))
+    ok = [_correct(o.text, p.answer) for o, p in zip(outs, problems)]
+    k = sum(ok)
     lo, hi = wilson(k, len(problems))
-    return {"accuracy": k / len(problems), "correct": k, "n": len(problems), "ci95": [round(lo, 4), round(hi, 4)]}
+    return {"accuracy": k / len(problems), "correct": k, "n": len(problems), "ci95": [round(lo, 4), round(hi, 4)], "ok": ok}
+
+
+def paired(base: list[bool], new: list[bool]) -> dict:
+    """Paired comparison on the same problems: accuracy gain with a 95% normal interval, and
+    the exact two-sided McNemar p-value (discordant problems only)."""
+    n = len(base)
+    b = sum(x and not y for x, y in zip(base, new))  # lost
+    c = sum(y and not x for x, y in zip(base, new))  # gained
+    d = (c - b) / n
+    se = math.sqrt(max(b + c - (c - b) ** 2 / n, 0)) / n
+    m = b + c
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m if m else 1.0
+    return {"gain": round(d, 4), "gain_ci95": [round(d - 1.96 * se, 4), round(d + 1.96 * se, 4)], "lost": b, "gained": c,
+            "mcnemar_p": round(min(1.0, 2 * tail), 5)}
 
 
 def _parse_recipe(spec: str) -> tuple[str, dict]:
@@ -134,7 +149,8 @@ def main() -> None:
     if not baseline.exists():
         t = time.time()
         baseline.write_text(json.dumps({**greedy(args.policy, problems), "seconds": round(time.time() - t, 1)}))
-    print(json.dumps({"what": "start", "checkpoint": str(args.policy), **json.loads(baseline.read_text())}), flush=True)
+    base = json.loads(baseline.read_text())
+    print(json.dumps({"what": "start", "checkpoint": str(args.policy), **{k: v for k, v in base.items() if k != "ok"}}), flush=True)
     for spec in args.recipe:
         name, fields = _parse_recipe(spec)
         cfg = TrainConfig(**fields)
@@ -142,8 +158,11 @@ def main() -> None:
         r = train(TrainJob(policy_dir=args.policy, reference_dir=args.policy, pairs=pairs, cfg=cfg, out_dir=args.out / name))
         train_s = time.time() - t
         val = [x for x in r.rows if x["split"] == "val"]
+        t = time.time()
         acc = greedy(r.final_dir, problems)
+        ok = acc.pop("ok")
         print(json.dumps({"what": "trained", "recipe": name, "cfg": cfg.model_dump(mode="json"), **acc,
+                          "vs_start": paired(base["ok"], ok), "eval_seconds": round(time.time() - t, 1),
                           "n_train": r.n_train, "n_val": r.n_val, "steps": r.steps, "train_seconds": round(train_s, 1),
                           "step_seconds": r.step_seconds and round(r.step_seconds, 4), "last_val": val[-1] if val else None}),
               flush=True)

@@ -249,7 +249,9 @@ PAIR_STAGES = ("generation", "self_correction", "diversity")
 
 class TrainConfig(_Model):
     """Training the policy on the pairs it made (infra.trainers). The defaults are the recipe
-    measured on the tiny model: RPO with a large NLL weight (plain DPO collapses it)."""
+    measured on the tiny model (bench/train_recipe.py: 285 pairs sampled from tiny-small,
+    greedy accuracy on 500 held-out problems of 2-6 steps): tiny-small 0.618; rpo (alpha 20,
+    lr 1e-4, 2 epochs) 0.692; sft on chosen 0.684; plain dpo (lr 2e-4) collapses to 0.176."""
 
     enabled: bool = Field(False, description="Run the train stage (sphere evolve turns it on).")
     kind: Literal["tiny", "trl"] = Field(

@@ -9,7 +9,7 @@ contract in ``infra.trainers.base``. ``tiny`` is the project's own CPU loop over
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from infra.trainers.base import Trainer, TrainError, TrainJob, TrainResult
 

@@ -26,14 +26,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from infra.config import TrainConfig
 from infra.storage import atomic_write_text
 
-Rows = Union[list[dict], pa.Table]
+Rows = list[dict] | pa.Table
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 SFT_COLUMNS = ("prompt", "completion")
 ROW_KEYS = ("step", "epoch", "loss", "reward_accuracy", "margin", "chosen_logp", "rejected_logp", "split")

@@ -32,7 +32,7 @@ import torch
 from infra.storage import atomic_write
 from infra.tiny.hf import load_pretrained, save_pretrained
 from infra.tiny.model import BOS, EOS, PAD, TinyLM, Tokenizer
-from infra.trainers.base import TrainJob, TrainLog, TrainResult, claim, epoch_dirs, finished, fingerprint, prepare, row
+from infra.trainers.base import TrainJob, TrainLog, TrainResult, claim, epoch_dirs, fingerprint, finished, prepare, row
 from infra.trainers.losses import completion_logps, dpo_losses, pair_metrics, rpo_losses, sft_loss
 
 Encoded = tuple[list[int], list[bool]]

@@ -23,8 +23,8 @@ with the same job resumes the Trainer from the checkpoint of the last complete
 written.
 
 ``cfg.num_gpus > 0``: the same training runs inside a Ray actor holding that many GPUs
-(``ray.init()`` if no Ray is up; ``out_dir`` and the checkpoint directories must be on a
-filesystem the actor's node sees). Several GPUs in one actor train with HF Trainer's
+(Ray started by ``infra.pool.ensure_ray`` if this process has none; ``out_dir`` and the
+checkpoint directories must be on a filesystem the actor's node sees). Several GPUs in one actor train with HF Trainer's
 single-process data parallelism. Not exercised by the tests (no GPU here).
 """
 
@@ -46,8 +46,8 @@ from infra.trainers.base import (
     TrainResult,
     claim,
     epoch_dirs,
-    finished,
     fingerprint,
+    finished,
     prepare,
     row,
 )
@@ -240,13 +240,20 @@ class _GpuActor:
         return train_here(job)
 
 
-def train_in_ray(job: TrainJob) -> TrainResult:
-    """Run the job in a Ray actor reserving ``job.cfg.num_gpus`` GPUs; a ``TrainError`` inside is re-raised."""
+def train_in_ray(job: TrainJob, runtime_env: dict | None = None) -> TrainResult:
+    """Run the job in a Ray actor reserving ``job.cfg.num_gpus`` GPUs (Ray is started as the
+    pool starts it if this process has none; ``runtime_env``: the actor's environment, which
+    needs trl and a CUDA torch). A ``TrainError`` raised inside is re-raised as is."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
-    actor = ray.remote(num_gpus=job.cfg.num_gpus, num_cpus=1)(_GpuActor).remote()
+    from infra.config import PoolConfig
+    from infra.pool import ensure_ray
+
+    ensure_ray(PoolConfig(num_gpus=job.cfg.num_gpus))
+    opts: dict = {"num_gpus": job.cfg.num_gpus, "num_cpus": 1, "max_restarts": 0}
+    if runtime_env:
+        opts["runtime_env"] = runtime_env
+    actor = ray.remote(_GpuActor).options(**opts).remote()
     try:
         return ray.get(actor.train.remote(job))
     except ray.exceptions.RayTaskError as e:
@@ -258,8 +265,13 @@ def train_in_ray(job: TrainJob) -> TrainResult:
 
 
 class TrlTrainer:
-    """``Trainer`` for ``kind: trl`` (see the module doc)."""
+    """``Trainer`` for ``kind: trl`` (see the module doc). ``runtime_env``: the Ray GPU
+    actor's environment when ``cfg.num_gpus > 0`` (e.g. the run's ``pool.runtime_env``
+    plus trl)."""
+
+    def __init__(self, runtime_env: dict | None = None):
+        self.runtime_env = runtime_env
 
     def train(self, job: TrainJob) -> TrainResult:
         prepare(job)  # a job with nothing to train on fails here, before a Ray actor or a model is started
-        return train_in_ray(job) if job.cfg.num_gpus > 0 else train_here(job)
+        return train_in_ray(job, self.runtime_env) if job.cfg.num_gpus > 0 else train_here(job)
