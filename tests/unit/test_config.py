@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from infra.config import ConfigError, RunConfig, load_config
 from tests.conftest import ROOT
@@ -53,3 +54,43 @@ def test_relative_seed_paths_resolve_against_the_config_file():
 def test_the_gpu_config_finds_its_seeds_in_the_repository_data_folder():
     cfg = load_config(ROOT / "configs" / "gpu-vllm.yaml")
     assert cfg.seeds.paths == [str((ROOT / "data" / "seeds" / "gsm8k-train.jsonl").resolve())]
+
+
+def _leaves(model, prefix=""):
+    """(dotted path, field) of every leaf field of a config model (sub-models walked)."""
+    for name, field in model.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields") else None
+        if sub is not None:
+            yield from _leaves(sub, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def _invalid(field):
+    """A value the field must refuse, or None when every value of the basic shape is allowed."""
+    import annotated_types
+
+    for m in field.metadata:
+        if isinstance(m, annotated_types.Ge):
+            return m.ge - 1
+        if isinstance(m, annotated_types.Gt):
+            return m.gt - 1 if isinstance(m.gt, int) else m.gt - 0.5
+        if isinstance(m, annotated_types.Le):
+            return m.le + 1
+        if isinstance(m, annotated_types.Lt):
+            return m.lt + 1
+    return {"not": "a scalar"}  # no scalar field takes a mapping
+
+
+LEAVES = [(p, f) for p, f in _leaves(RunConfig) if "dict" not in str(f.annotation) and p not in ("seeds", "policy")]
+
+
+@pytest.mark.parametrize("path, field", LEAVES, ids=[p for p, _ in LEAVES])
+def test_every_field_refuses_an_invalid_value_with_a_message_naming_it(tmp_path, path, field):
+    from infra.config import apply_overrides
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(apply_overrides({}, {path: _invalid(field)})))
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert str(bad) in str(e.value) and path.split(".")[-1] in str(e.value)
