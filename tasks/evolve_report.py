@@ -62,6 +62,7 @@ def _plots(root: Path, record: dict, rows: list[dict]) -> list[tuple[str, str]]:
             ax.plot([r["round"] for r in rows], [r["data"][k] for r in rows], marker="o")
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("round")
+            ax.set_xticks([r["round"] for r in rows])
         plots.append(("QDC of each round's generation chains", _png(fig)))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3))
     drew = False

@@ -20,13 +20,16 @@ SMALL = {"seeds.n": 16, "generation.shard_size": 8, "metrics.embedder": "hashed"
 
 
 def test_two_rounds_chain_their_policies_and_a_resume_redoes_nothing(prefect_api, ray_local, tmp_path):
+    """With the trl trainer: TRL's checkpoint is served by the tiny backend and evaluated by the same stage."""
     from flows.evolve import sphere_evolve
 
     cfg = str(ROOT / "configs" / "quickstart.yaml")
-    record = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=SMALL)
+    sets = {**SMALL, "train.kind": "trl"}
+    record = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=sets)
     r0, r1 = record["rounds"]
     m0, m1 = r0["model"], r1["model"]
     assert Path(m0["path"]).is_dir() and Path(m1["path"]).is_dir() and m0["model_id"] != m1["model_id"]
+    assert m0["trainer"] == m1["trainer"] == "trl" and m0["steps"] > 0
     # round 1 generated with round 0's checkpoint, and trained from it (it is the reference too)
     stored = json.loads((tmp_path / "runs" / "ev-r1" / "config.json").read_text())
     assert stored["policy"]["checkpoint"] == m0["path"] and m1["parent_model"] == m0["path"] and m1["round"] == 1
@@ -43,7 +46,7 @@ def test_two_rounds_chain_their_policies_and_a_resume_redoes_nothing(prefect_api
     assert log and all(x["model_id"] == m0["model_id"] for x in log)
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/ev-r*/_done/stages/*.json")}
-    again = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=SMALL)
+    again = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=sets)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/ev-r*/_done/stages/*.json")} == stamps
     assert [r["model"]["model_id"] for r in again["rounds"]] == [m0["model_id"], m1["model_id"]]
 
