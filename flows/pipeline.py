@@ -92,6 +92,8 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
     if st.shards is not declared.one_shard:  # a new sharding leaves no stale shards behind
         for table in st.writes:
             store.prune(table, st.name, shards)
+            for implicit in declared.IMPLICIT_WRITES:  # their quarantine and suite results too
+                store.prune(implicit, f"{st.name}-{table}", shards)
     task = st.task.with_options(retries=cfg.pool.shard_retries) if st.backend else st.task
     done, failed = [], []
     with _host_slot(cfg, st):

@@ -73,10 +73,12 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
                               out_dir=base / f"{mid}.work")
         dest = base / mid
         atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))
+        n = result.n_train + result.n_val  # training examples: pairs, or SFT rows for method sft
+        examples = {"pairs": 0, "sft_rows": n} if cfg.train.method == "sft" else {"pairs": n, "sft_rows": 0}
         log = from_rows([{"run_id": ctx.run_id, "model_id": mid, **r} for r in result.rows], "train_log")
         model = {"run_id": ctx.run_id, "evolve_id": cfg.evolve_id, "model_id": mid, "round": cfg.round, "path": str(dest),
                  "parent_model": str(policy_dir), "trainer": cfg.train.kind, "method": cfg.train.method,
-                 "train_config_hash": config_hash, "pairs": result.n_train + result.n_val, "sft_rows": 0,
+                 "train_config_hash": config_hash, **examples,
                  "steps": result.steps, "seconds": result.seconds}
         ctx.commit(STAGE, shard, {"train_log": log, "models": from_rows([model], "models")}, fp)
     return str(store.part_path("models", STAGE, shard))
