@@ -70,13 +70,12 @@ def test_greedy_maj_and_pass_at_k_are_scored_against_gold():
     assert (g["ci_low"], g["ci_high"]) == pytest.approx(wilson(2, 4))
 
 
-@pytest.mark.parametrize("yaml_text, field", [
-    ("train:\n  method: ppo\n", "train.method"),
-    ("train:\n  beta: 0\n", "train.beta"),
-    ("train:\n  lr: -1\n", "train.lr"),
+@pytest.mark.parametrize("yaml_text, field", [  # the train section's own cases are in test_trainers.py
     ("evaluate:\n  k: 0\n", "evaluate.k"),
+    ("evaluate:\n  n: 0\n", "evaluate.n"),
+    ("evaluate:\n  problems: {kind: file}\n", "evaluate.problems"),
 ])
-def test_a_bad_training_config_stops_with_one_message_naming_the_field(tmp_path, yaml_text, field):
+def test_a_bad_evaluation_config_stops_with_one_message_naming_the_field(tmp_path, yaml_text, field):
     f = tmp_path / "bad.yaml"
     f.write_text(yaml_text)
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
