@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows import stages as declared
-from infra.config import ConfigError, load_config
+from infra.config import ConfigError, check_inputs, load_config
 from infra.storage import RunNotFound, RunStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
@@ -109,6 +109,7 @@ def run(
     path = config or DEFAULT_CONFIG
     try:
         cfg = load_config(path, overrides)  # validate before any work
+        check_inputs(cfg, path)
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
@@ -228,13 +229,24 @@ def export(
     to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl and <format>.parquet into."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
+    allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Export a run whose stages have not all finished."),
 ) -> None:
-    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet."""
+    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet.
+
+    A run whose stages have not all finished is refused (the files would silently lack
+    rows) unless --allow-incomplete is given."""
+    from flows.pipeline import unfinished_stages
     from tasks.export import export_run
 
     if fmt not in ("dpo", "sft"):
         raise typer.BadParameter(f"--format must be dpo or sft, not {fmt!r}")
-    paths = export_run(Path(_run_dir(run_id, data_root)), fmt, to, chat=chat)
+    run_dir = _run_dir(run_id, data_root)
+    missing = unfinished_stages(run_dir)
+    if missing and not allow_incomplete:
+        console.print(f"[red]run {run_id} is not finished: stages {', '.join(missing)} have not completed. Finish it with "
+                      f"`sphere run --resume {run_id}`, or pass --allow-incomplete.[/red]")
+        raise typer.Exit(2)
+    paths = export_run(Path(run_dir), fmt, to, chat=chat)
     for p in paths:
         Console().print(f"wrote {p}")
 
@@ -385,6 +397,7 @@ def check_config(config: Path = typer.Argument(..., help="Config YAML to validat
     """Validate a config file and print it with all defaults filled in."""
     try:
         cfg = load_config(config)
+        check_inputs(cfg, config)
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)

@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stages as declared
 from infra import catalog, progress, validation
-from infra.config import RunConfig, apply_overrides, load_config
+from infra.config import RunConfig, apply_overrides, check_inputs, load_config
 from infra.pool import close_pool, close_pools, ensure_ray, prewarm
 from infra.storage import RunStore
 from tasks.report import build_report, qdc_rows
@@ -53,11 +53,13 @@ def prepare_run(
     run_id = run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name)
     store = RunStore(root, run_id)
     if store.exists():
+        store.remove_stale_temps()  # a killed writer's leftovers; the shards they belonged to are redone
         if RunConfig.model_validate(apply_overrides(store.load_config(), overrides)).model_dump(mode="json") != store.load_config():
             record_config_change(str(store.run_dir), "resume", overrides)
         declared.check_stages(RunConfig.model_validate(store.load_config()))
         return str(store.run_dir)
     declared.check_stages(cfg)
+    check_inputs(cfg, config_path or "config")
     store.save_config(cfg.model_dump(mode="json"))
     return str(store.run_dir)
 
@@ -208,6 +210,17 @@ def _run_stages(run_dir: str) -> dict:
             get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, store.run_id)
             summary["report_error"] = f"{type(e).__name__}: {e}"
     return summary
+
+
+def unfinished_stages(run_dir: str) -> list[str]:
+    """The run's enabled stages that are not finished: a shard without its marker, or a stage
+    that runs after an unfinished one (whose shards are not even listed yet)."""
+    store = RunStore.at(run_dir)
+    out: list[str] = []
+    for st in declared.check_stages(RunConfig.model_validate(store.load_config())):
+        if set(st.after) & set(out) or not all(store.stage_marker_path(st.name, sh).is_file() for sh in st.shards(run_dir)):
+            out.append(st.name)
+    return out
 
 
 def _started(store: RunStore, stage: declared.Stage) -> bool:

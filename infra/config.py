@@ -335,11 +335,20 @@ class RunConfig(_Model):
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+TAGS = ("builtin", "file", "tiny", "llamacpp", "openai", "vllm")
+BACKEND_KINDS = ("tiny", "llamacpp", "openai", "vllm")
+TAG_CHOICES = {"seeds": ("builtin", "file"), "problems": ("builtin", "file")}  # every other tagged section is a backend
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = [f"invalid config {path}:"]
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in ("builtin", "file", "tiny", "llamacpp")))
-        lines.append(f"  {loc or '<root>'}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x in TAGS))
+        msg = e["msg"]
+        if e["type"] == "union_tag_not_found":  # e.g. --set policy.model=x on a section without its kind
+            choices = TAG_CHOICES.get(loc.split(".")[-1], BACKEND_KINDS)
+            msg = f"say which kind this section is: set `{loc}.kind` ({', '.join(choices)})"
+        lines.append(f"  {loc or '<root>'}: {msg}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
     return "\n".join(lines)
 
 
@@ -359,22 +368,60 @@ def apply_overrides(raw: dict, overrides: dict | None) -> dict:
     return out
 
 
+FILE_SEED_SECTIONS = ("seeds", "evaluate.problems")  # sections that may name seed files
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """Read and validate ``path``; relative seed paths are resolved against its folder."""
+    """Read and validate ``path``; relative seed paths are resolved against its folder (a
+    single path may be given as a string). ``ConfigError`` with one message naming the file
+    (and the field) for a missing, unreadable, non-UTF-8, empty, non-YAML or invalid config."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a directory, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"config {path} cannot be read: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if raw is None:
+        raise ConfigError(f"config {path} is empty (give at least `name:`; `sphere run` without a config runs the quickstart)")
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
-    seeds = raw.get("seeds")
-    if isinstance(seeds, dict) and seeds.get("kind") == "file":
-        seeds["paths"] = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in seeds.get("paths", [])]
+    for dotted in FILE_SEED_SECTIONS:
+        node = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get("kind") == "file":
+            paths = node.get("paths", [])
+            paths = [paths] if isinstance(paths, str) else paths
+            node["paths"] = [str((path.parent / p).resolve()) if isinstance(p, str) and not Path(p).is_absolute() else p
+                             for p in (paths if isinstance(paths, list) else [paths])]
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_error(path, e)) from None
+
+
+def check_inputs(cfg: RunConfig, source: str | Path = "config") -> None:
+    """``ConfigError`` naming the field when a seed file the config names is missing, a
+    directory or empty: checked before any work (``load_config`` alone does not touch them)."""
+    problems = []
+    for dotted in FILE_SEED_SECTIONS:
+        seeds = cfg.get(dotted) if dotted == "seeds" or cfg.evaluate.problems is not None else None
+        if isinstance(seeds, dict) and seeds.get("kind") == "file":
+            for i, p in enumerate(seeds["paths"]):
+                f = Path(p)
+                why = ("file not found" if not f.exists() else "is a directory, not a seed file" if f.is_dir()
+                       else "is empty" if f.stat().st_size == 0 else None)
+                if why:
+                    problems.append(f"  {dotted}.paths.{i}: {p} {why}")
+    if problems:
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))

@@ -222,6 +222,18 @@ class RunStore:
                                                           self.marker_path(table_name, stage, sh))], f"stale-{stage}")
         return stale
 
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete the ``.*.tmp`` files and folders a killed writer left in the run (call only
+        when no other process writes to it, e.g. when a run resumes). Returns what went."""
+        gone = []
+        for p in sorted(self.run_dir.rglob(".*.tmp"), key=lambda p: -len(p.parts)):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(p)
+        return gone
+
     def save_config(self, config_json: dict) -> None:
         atomic_write_text(self.run_dir / "config.json", json.dumps(config_json, indent=2, sort_keys=True))
 

@@ -219,6 +219,9 @@ def seeds_task(run_dir: str, shard: str, config_hash: str) -> str:
     if not ctx.is_done(STAGE, shard, fp):
         problems, bad = load_seeds(cfg.seeds, ctx.run_id)
         ctx.store.write("quarantine", "seeds-parse", "00000", bad, fingerprint=fp)
+        if problems.num_rows == 0:
+            raise SeedError(f"no valid problems in the seeds: {bad.num_rows} rows quarantined (sphere query "
+                            f"\"select source, reason from quarantine where run_id = '{ctx.run_id}'\")")
         shards = shard_problems(problems, cfg.generation.shard_size)
         for sh, part in shards.items():
             ctx.persist("problems", STAGE, sh, part, fingerprint=fp)
