@@ -118,7 +118,8 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
 
 def summarize(run_dir: str) -> dict:
     store = RunStore.at(run_dir)
-    counts = {t: store.read_table(t).num_rows for t in declared.tables() if t != "worklist"}
+    run = declared.check_stages(RunConfig.model_validate(store.load_config()))
+    counts = {t: store.read_table(t).num_rows for t in declared.tables(run) if t != "worklist"}
     routes = store.read_table("routes").column("route").to_pylist()
     pairs = store.read_table("pairs").column("stage").to_pylist()
     summary = {

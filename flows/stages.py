@@ -173,9 +173,9 @@ def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] | None = None) -> tup
 
 
 def tables(stages: tuple[Stage, ...] | None = None) -> tuple[str, ...]:
-    """Every table some stage writes, in run order of first write."""
-    stages = STAGES if stages is None else stages
+    """Every table the stages write (all declared stages by default; a given tuple is taken
+    in its own order, e.g. ``check_stages``' enabled stages), in order of first write."""
     out: list[str] = []
-    for s in ordered(stages):
+    for s in ordered() if stages is None else stages:
         out += [t for t in s.outputs if t not in out]
     return tuple(out)
