@@ -54,9 +54,11 @@ def prepare_run(
     store = RunStore(root, run_id)
     if store.exists():
         store.remove_stale_temps()  # a killed writer's leftovers; the shards they belonged to are redone
-        if RunConfig.model_validate(apply_overrides(store.load_config(), overrides)).model_dump(mode="json") != store.load_config():
+        stored = store.load_config()
+        if RunConfig.model_validate(apply_overrides(stored, overrides)).model_dump(mode="json") != stored:
             record_config_change(str(store.run_dir), "resume", overrides)
-        declared.check_stages(RunConfig.model_validate(store.load_config()))
+            stored = store.load_config()
+        declared.check_stages(RunConfig.model_validate(stored))
         return str(store.run_dir)
     declared.check_stages(cfg)
     check_inputs(cfg, config_path or "config")
@@ -252,7 +254,7 @@ def supersede(run_dir: str, stage: str) -> Path:
 
 def record_config_change(run_dir: str, stage: str, overrides: dict | None) -> dict:
     """Apply config overrides to the run's stored config and log the change (``reruns.jsonl``).
-    Overrides that do not validate raise before anything is written."""
+    Overrides that do not validate raise before anything is written. Returns the logged entry."""
     store = RunStore.at(run_dir)
     old = store.load_config()
     new = RunConfig.model_validate(apply_overrides(old, overrides)).model_dump(mode="json")

@@ -71,8 +71,9 @@ def held_out_seeds(section: EvaluateConfig, seeds: SeedsConfig) -> SeedsConfig:
 
 def held_out(section: EvaluateConfig, seeds: SeedsConfig, training_questions: set[str], *, run_id: str) -> tuple[pa.Table, int]:
     """(held-out problems, how many were dropped because their question is a training question)."""
-    problems, _ = load_seeds(held_out_seeds(section, seeds), run_id)
-    if isinstance(held_out_seeds(section, seeds), FileSeeds) and section.n:
+    source = held_out_seeds(section, seeds)
+    problems, _ = load_seeds(source, run_id)
+    if isinstance(source, FileSeeds) and section.n:
         problems = problems.slice(0, section.n)
     keep = [q.strip() not in training_questions for q in problems.column("question").to_pylist()]
     return problems.filter(pa.array(keep, pa.bool_())), keep.count(False)
