@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from infra.schemas import SCHEMAS
+from infra.storage import RunStore
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -45,14 +46,9 @@ def catalog_path(data_root: Path) -> Path:
 
 
 def committed_parts(data_root: Path) -> dict[str, list[Path]]:
-    """Every committed part file under ``data_root``, by table (from the markers)."""
-    out: dict[str, list[Path]] = {name: [] for name in SCHEMAS}
-    for marker in sorted(Path(data_root).glob("runs/*/_done/*.*.*.json")):
-        table, stage, shard = marker.name[: -len(".json")].split(".", 2)
-        part = marker.parent.parent / table / stage / f"part-{shard}.parquet"
-        if table in out and part.is_file():
-            out[table].append(part)
-    return out
+    """Every committed part file under ``data_root``, by table (``RunStore.committed_parts`` of each run)."""
+    runs = sorted(p for p in (Path(data_root) / "runs").glob("*") if p.is_dir())
+    return {name: [f for r in runs for f in RunStore.at(r).committed_parts(name)] for name in SCHEMAS}
 
 
 def _create_views(con, data_root: Path) -> None:

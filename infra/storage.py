@@ -245,11 +245,6 @@ class RunStore:
     def write_json(self, name: str, obj) -> Path:
         return atomic_write_text(self.run_dir / name, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
-    def read_json(self, name: str):
-        """A JSON file of the run (``write_json``'s), or None when it is not there."""
-        path = self.run_dir / name
-        return json.loads(path.read_text()) if path.is_file() else None
-
     def log_config_change(self, stage: str, changes: dict) -> dict:
         """Append one entry (when, which stage, {field: {old, new}}) to ``reruns.jsonl``."""
         entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "changes": changes}

@@ -7,7 +7,7 @@ called with any generator (a test's, a Ray pool's) and only see their own settin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from infra.backends.base import BackendError
 from infra.config import SearchConfig
@@ -25,9 +25,6 @@ class Engine:
     model: str
     run_id: str
     config_hash: str  # hash of the config values the stage's output depends on
-
-    def with_search(self, search: SearchConfig) -> Engine:
-        return replace(self, search=search)
 
     def search_chains(self, problems: list[SearchProblem], seed_offset: int = 0) -> list[Chain]:
         """MAX and MIN chains for ``problems`` (``tasks.search.pruned_search``), in input order.
