@@ -181,9 +181,26 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
     whose fingerprint still holds are kept; ``overrides`` change its stored config)."""
     run_dir = prepare_run(config_path, run_id, data_root, overrides)
     try:
-        return _run_stages(run_dir)
+        return _tracked(run_dir)
     finally:
         close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
+
+
+def _tracked(run_dir: str) -> dict:
+    """Run the stages with the run's status kept in ``status.json`` (the catalog's ``runs``
+    view): running, then finished, failed (with the error) or interrupted."""
+    store = RunStore.at(run_dir)
+    store.set_status("running")
+    try:
+        summary = _run_stages(run_dir)
+    except Exception as e:
+        store.set_status("failed", f"{type(e).__name__}: {e}")
+        raise
+    except BaseException as e:  # Ctrl-C, SIGTERM, a cancelled flow run
+        store.set_status("interrupted", type(e).__name__)
+        raise
+    store.set_status("finished")
+    return summary
 
 
 def _run_stages(run_dir: str) -> dict:
@@ -282,6 +299,6 @@ def sphere_rerun(run_dir: str, stage: str, overrides: dict | None = None) -> dic
     record_config_change(run_dir, stage, overrides)
     supersede(run_dir, stage)
     try:
-        return _run_stages(run_dir)
+        return _tracked(run_dir)
     finally:
         close_pools()

@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from infra.schemas import SCHEMAS
-from infra.storage import RunStore
+from infra.storage import RunStore, StorageError
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -51,7 +51,29 @@ def committed_parts(data_root: Path) -> dict[str, list[Path]]:
     return {name: [f for r in runs for f in RunStore.at(r).committed_parts(name)] for name in SCHEMAS}
 
 
+RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("name", pa.string()), ("status", pa.string()), ("started_at", pa.string()),
+                         ("finished_at", pa.string()), ("error", pa.string()), ("host", pa.string()), ("pid", pa.int64())])
+
+
+def runs_table(data_root: Path) -> pa.Table:
+    """One row per run under ``data_root``: its status (``running``, ``finished``, ``failed``,
+    ``interrupted``; ``RunStore.read_status``), when it started and finished, and its error."""
+    rows = []
+    for r in sorted(p for p in (Path(data_root) / "runs").glob("*") if (p / "config.json").is_file()):
+        store = RunStore.at(r)
+        st = store.read_status()
+        try:
+            name = store.load_config().get("name")
+        except ValueError:
+            name = None
+        rows.append({"run_id": r.name, "name": name, **{k: st.get(k) for k in RUNS_SCHEMA.names if k not in ("run_id", "name")}})
+    return pa.Table.from_pylist(rows, RUNS_SCHEMA)
+
+
 def _create_views(con, data_root: Path) -> None:
+    con.register("_runs", runs_table(data_root))
+    con.execute("CREATE OR REPLACE TABLE runs AS SELECT * FROM _runs")
+    con.unregister("_runs")
     for name, parts in committed_parts(data_root).items():
         if parts:
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({sql_list(parts)}, union_by_name = true)")
@@ -105,6 +127,8 @@ def query(data_root: Path, sql: str, *, timeout_s: float = 300.0, memory_limit: 
             kinds = [st.type.name for st in con.extract_statements(sql)]
         except duckdb.Error as e:
             raise CatalogError(f"query failed: {e}") from None
+        except StorageError as e:  # a committed part changed after its commit (PartCorrupt)
+            raise CatalogError(str(e)) from None
         finally:
             con.close()
         refused = [k for k in kinds if k not in ALLOWED_STATEMENTS]

@@ -10,10 +10,19 @@ Layout::
 
 Contract: a file appears only complete (``atomic_write``: written to a hidden temp name,
 fsynced, renamed). A shard counts as finished only when its marker exists; the marker
-records the row count, the file's content hash and the shard's ``fingerprint`` (what it
-was computed from: stage config hash, code version, input content hash). ``is_done``
+records the row count, size and content hash of the file and the shard's ``fingerprint``
+(what it was computed from: stage config hash, code version, input content hash). ``is_done``
 with a fingerprint is true only when the recorded one is equal, so a shard computed from
 other inputs or another config is recomputed, and an unchanged one is never rewritten.
+
+One commit per stage shard: a part written by a stage names its stage-shard marker
+(``commit``: ``_done/stages/<stage>.<shard>.json``, written after every table of the shard),
+and counts as finished only once that marker exists. So a shard's chains and pairs appear
+together or not at all, to the stages, the catalog and ``sphere query`` alike.
+
+Reads verify: every committed part read (``read_part``, ``read_table``, ``committed_parts``,
+so the catalog too) is checked against its marker (size, row count, sha256) and a part changed
+after its commit raises ``PartCorrupt`` naming the file and the stage to rerun.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +51,68 @@ class RunNotFound(StorageError):
     """No run with this id under the data root."""
 
 
+class PartCorrupt(StorageError):
+    """A committed part no longer matches its completion marker (changed after its commit)."""
+
+
+_VERIFIED: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> sha256 already checked in this process
+
+
+def verify_part(path: Path, marker: dict) -> Path:
+    """``path`` if its size, row count and sha256 equal what ``marker`` recorded at commit,
+    else ``PartCorrupt``. A file whose (inode, size, mtime) this process verified before is
+    not hashed again; any rewrite of the file changes them."""
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if _VERIFIED.get(key) == marker.get("sha256"):
+        return path
+    problem = None
+    if "size" in marker and st.st_size != marker["size"]:
+        problem = f"size {st.st_size:,} bytes, committed {marker['size']:,}"
+    else:
+        sha = file_sha256(path)
+        if sha != marker.get("sha256"):
+            problem = f"sha256 {sha[:12]}..., committed {str(marker.get('sha256'))[:12]}..."
+        else:
+            rows = pq.read_metadata(path).num_rows
+            if rows != marker.get("rows"):
+                problem = f"{rows} rows, committed {marker.get('rows')}"
+    if problem:
+        stage = path.parent.name.split("-")[0]
+        raise PartCorrupt(f"{path} was changed after its commit ({problem}); its data cannot be trusted. Recompute it: "
+                          f"sphere rerun {path.parents[2].name} --stage {stage}")
+    _VERIFIED[key] = marker["sha256"]
+    return path
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux ``/proc``), to tell it from a later process
+    given the same id; None when there is no such process (or no ``/proc``)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    if Path("/proc").is_dir():
+        return start is not None and _process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -128,11 +194,15 @@ class RunStore:
         return self.run_dir / "_done" / f"{table}.{stage}.{shard}.json"
 
     def marker(self, table: str, stage: str, shard: str) -> dict | None:
-        """The shard's completion marker, or None when the shard is not finished."""
+        """The shard's completion marker, or None when the shard is not finished (no marker,
+        no part, or the stage-shard commit the marker names is not written yet)."""
         path = self.marker_path(table, stage, shard)
         if not (path.is_file() and self.part_path(table, stage, shard).is_file()):
             return None
-        return json.loads(path.read_text())
+        m = json.loads(path.read_text())
+        if m.get("commit") and not (self.run_dir / "_done" / "stages" / f"{m['commit']}.json").is_file():
+            return None
+        return m
 
     def is_done(self, table: str, stage: str, shard: str, fingerprint: dict | None = None) -> bool:
         """Finished, and (when ``fingerprint`` is given) computed from exactly that."""
@@ -141,29 +211,33 @@ class RunStore:
 
     def write(self, table_name: str, stage: str, shard: str, table: pa.Table, **meta) -> Path:
         """Write one shard atomically and mark it done (``meta`` goes into the marker,
-        e.g. ``fingerprint=``). Returns the part path."""
+        e.g. ``fingerprint=``; ``commit="<stage>.<shard>"`` makes the part count only once
+        that stage-shard marker exists). Returns the part path."""
         table = table.cast(SCHEMAS[table_name]) if table_name in SCHEMAS else table
         path = write_parquet_atomic(table, self.part_path(table_name, stage, shard))
-        marker = {"rows": table.num_rows, "sha256": file_sha256(path), "written_at": time.time(), **meta}
+        marker = {"rows": table.num_rows, "size": path.stat().st_size, "sha256": file_sha256(path), "written_at": time.time(), **meta}
         atomic_write_text(self.marker_path(table_name, stage, shard), json.dumps(marker, sort_keys=True))
         return path
 
     def read_part(self, table_name: str, stage: str, shard: str) -> pa.Table:
-        """One finished shard; StorageError if it is not finished."""
-        if not self.is_done(table_name, stage, shard):
+        """One finished shard, verified against its marker; StorageError if it is not finished."""
+        m = self.marker(table_name, stage, shard)
+        if m is None:
             raise StorageError(f"{table_name}/{stage}/{shard} is not finished in {self.run_dir}")
-        return pq.read_table(self.part_path(table_name, stage, shard))
+        return pq.read_table(verify_part(self.part_path(table_name, stage, shard), m))
 
     def committed_shards(self, table_name: str, stage: str | None = None) -> list[tuple[str, str]]:
         """(stage, shard) of every finished shard of a table (optionally of one stage), in order."""
         base = self.run_dir / table_name
         stages = [stage] if stage else sorted(p.name for p in base.glob("*") if p.is_dir())
         return [(st, f.stem.removeprefix("part-")) for st in stages for f in sorted((base / st).glob("part-*.parquet"))
-                if self.marker_path(table_name, st, f.stem.removeprefix("part-")).is_file()]
+                if self.marker(table_name, st, f.stem.removeprefix("part-")) is not None]
 
     def committed_parts(self, table_name: str, stage: str | None = None) -> list[Path]:
-        """Part files of a table (optionally of one stage) whose completion marker exists."""
-        return [self.part_path(table_name, st, sh) for st, sh in self.committed_shards(table_name, stage)]
+        """Part files of a table (optionally of one stage) that are committed, each verified
+        against its marker (``PartCorrupt`` when one was changed after its commit)."""
+        return [verify_part(self.part_path(table_name, st, sh), self.marker(table_name, st, sh))
+                for st, sh in self.committed_shards(table_name, stage)]
 
     def content_hash(self, inputs: list[tuple]) -> str:
         """One hash of committed parts, each input ``(table, stage or None[, shard])``: their
@@ -188,13 +262,18 @@ class RunStore:
         m = json.loads(path.read_text())
         return m.get("fingerprint") == fingerprint and all(self.is_done(t, stage, shard) for t in m.get("tables", []))
 
+    def unmark_stage(self, stage: str, shard: str) -> None:
+        """Withdraw a stage shard's commit before it is recomputed: its old parts stop counting
+        (to every reader) until the new commit is written."""
+        self.stage_marker_path(stage, shard).unlink(missing_ok=True)
+
     def mark_stage_done(self, stage: str, shard: str, fingerprint: dict, tables: list[str]) -> None:
         """Mark a stage's shard finished: written last, after every table of the shard."""
         atomic_write_text(self.stage_marker_path(stage, shard),
                           json.dumps({"fingerprint": fingerprint, "tables": tables, "written_at": time.time()}, sort_keys=True))
 
     def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
-        """All finished shards of a table (optionally of one stage), or an empty table."""
+        """All finished shards of a table (optionally of one stage, each verified), or an empty table."""
         parts = [pq.read_table(f) for f in self.committed_parts(table_name, stage)]
         schema = SCHEMAS.get(table_name)
         if not parts:
@@ -216,7 +295,9 @@ class RunStore:
     def prune(self, table_name: str, stage: str, keep: list[str]) -> list[str]:
         """Supersede the finished shards of ``table/stage`` that are not in ``keep`` (left
         from an earlier sharding of the same stage). Returns the shards moved aside."""
-        stale = [sh for _, sh in self.committed_shards(table_name, stage) if sh not in set(keep)]
+        parts = sorted((self.run_dir / table_name / stage).glob("part-*.parquet"))
+        stale = [sh for sh in (f.stem.removeprefix("part-") for f in parts)
+                 if sh not in set(keep) and self.marker_path(table_name, stage, sh).is_file()]
         if stale:
             self.supersede([p for sh in stale for p in (self.part_path(table_name, stage, sh),
                                                           self.marker_path(table_name, stage, sh))], f"stale-{stage}")
@@ -241,6 +322,32 @@ class RunStore:
         if not self.exists():
             raise RunNotFound(f"run {self.run_id!r} not found under {self.data_root / 'runs'}")
         return json.loads((self.run_dir / "config.json").read_text())
+
+    def set_status(self, status: str, error: str | None = None) -> dict:
+        """Record the run's status in ``status.json``: ``running`` (with this process's id,
+        host and start time), then ``finished``, ``failed`` (with the error) or ``interrupted``."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, not {status!r}")
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        old = self.read_status(raw=True)
+        rec = {"status": status, "pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
+               "started_at": old.get("started_at") if status != "running" else now, "updated_at": now,
+               "finished_at": now if status != "running" else None, "error": error}
+        atomic_write_text(self.run_dir / "status.json", json.dumps(rec, indent=2, sort_keys=True))
+        return rec
+
+    def read_status(self, raw: bool = False) -> dict:
+        """The run's status record. A ``running`` run whose process is gone (killed: kill -9,
+        a lost machine) on this host reads as ``interrupted``; a run from before status
+        records exists reads as ``finished`` when it has a summary, else ``unknown``."""
+        path = self.run_dir / "status.json"
+        if not path.is_file():
+            return {} if raw else {"status": "finished" if (self.run_dir / "summary.json").is_file() else "unknown"}
+        rec = json.loads(path.read_text())
+        if (not raw and rec.get("status") == "running" and rec.get("host") == socket.gethostname()
+                and not _alive(rec.get("pid", -1), rec.get("pid_start"))):
+            rec = {**rec, "status": "interrupted", "error": rec.get("error") or "the run's process ended without finishing (killed?)"}
+        return rec
 
     def write_json(self, name: str, obj) -> Path:
         return atomic_write_text(self.run_dir / name, json.dumps(obj, indent=2, sort_keys=True, default=str))

@@ -85,7 +85,13 @@ class RunContext:
         return {"config": config_hash, "code": code_version(), "inputs": self.store.content_hash(inputs)}
 
     def is_done(self, stage: str, shard: str, fingerprint: dict) -> bool:
-        return self.store.stage_done(stage, shard, fingerprint)
+        """Whether the shard is committed from exactly ``fingerprint``. When it is not, the
+        caller recomputes it, so its old commit (if any) is withdrawn first: its old parts stop
+        counting until the new ``commit``."""
+        if self.store.stage_done(stage, shard, fingerprint):
+            return True
+        self.store.unmark_stage(stage, shard)
+        return False
 
     def engine(self, backend_cfg, config_hash: str, search: SearchConfig | None = None) -> Engine:
         """The Ray pool of ``backend_cfg`` (built once per process) as an ``Engine`` for one shard."""
@@ -99,7 +105,8 @@ class RunContext:
 
     def persist(self, table_name: str, stage: str, shard: str, table: pa.Table, problems: pa.Table | None = None, **meta) -> Path:
         """Process-verify, then validate one output table; write quarantine + validation
-        results + good rows."""
+        results + good rows (``meta`` goes into the good rows' marker). Quarantine and suite
+        results count at once, also for a shard whose commit then fails its gate: they say why."""
         why = process_failures(table_name, table, self.cfg.validation.max_wrong_steps, self.cfg.search.step_separator)
         failed = [{"row": table.slice(i, 1).to_pylist()[0], "check": "process_verification", "reason": w}
                   for i, w in enumerate(why) if w]
@@ -124,7 +131,10 @@ class RunContext:
     def commit(self, stage: str, shard: str, outputs: dict[str, pa.Table], fingerprint: dict,
                problems: pa.Table | None = None) -> str:
         """Persist every output table in order (chains before the pairs that point at them),
-        then mark the shard done with its fingerprint. Returns the first table's part path."""
-        paths = [self.persist(name, stage, shard, table, problems, fingerprint=fingerprint) for name, table in outputs.items()]
+        then mark the shard done with its fingerprint: that one marker commits all its tables
+        together (their parts name it). Returns the first table's part path."""
+        self.store.unmark_stage(stage, shard)
+        paths = [self.persist(name, stage, shard, table, problems, fingerprint=fingerprint, commit=f"{stage}.{shard}")
+                 for name, table in outputs.items()]
         self.store.mark_stage_done(stage, shard, fingerprint, list(outputs))
         return str(paths[0])

@@ -502,6 +502,6 @@ def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
         section = ctx.cfg.metrics
         embedder = get_embedder(section.embedder, section.embed_batch_size)
         table = compute_metrics(ctx.store, section, ctx.cfg.dedup, embedder)
-        ctx.store.write(STAGE, STAGE, shard, table, embedder=embedder.name, fingerprint=fp)
+        ctx.store.write(STAGE, STAGE, shard, table, embedder=embedder.name, fingerprint=fp, commit=f"{STAGE}.{shard}")
         ctx.store.mark_stage_done(STAGE, shard, fp, [STAGE])
     return str(ctx.store.part_path(STAGE, STAGE, shard))

@@ -96,7 +96,8 @@ def routing_task(run_dir: str, shard: str, config_hash: str) -> str:
             size, rows = getattr(ctx.cfg, target).shard_size, out[f"worklist:{target}"]
             manifest[target] = [f"{k // size:05d}" for k in range(0, rows.num_rows, size)]
             for k, sh in zip(range(0, rows.num_rows, size), manifest[target]):
-                store.write("worklist", STAGE, f"{target}-{sh}", rows.slice(k, size), fingerprint=fp)
+                store.write("worklist", STAGE, f"{target}-{sh}", rows.slice(k, size), fingerprint=fp,
+                            commit=f"{STAGE}.{shard}")
         store.prune("worklist", STAGE, [f"{t}-{sh}" for t, shards in manifest.items() for sh in shards])
         store.write_json(f"_done/{STAGE}.manifest.json", manifest)
         ctx.commit(STAGE, shard, {"pairs": out["pairs"], "routes": out["routes"]}, fp, problems=problems)

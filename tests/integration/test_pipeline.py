@@ -1,6 +1,9 @@
 """The whole flow in process: real Prefect API, real local Ray actors, real DuckDB and GX."""
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +17,30 @@ def finished_run(prefect_api, ray_local, tmp_path_factory):
     from flows.pipeline import sphere_run
 
     root = tmp_path_factory.mktemp("data")
+    (root / "runs").mkdir()
+    # An analyst's long query runs beside the run the whole time: the run must not wait for it or fail on it.
+    reader = subprocess.Popen([str(Path(sys.executable).parent / "sphere"), "query", LONG_QUERY, "--data-root", str(root), "--timeout", "900"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     overrides = {"seeds.n": 30, "generation.shard_size": 10, "self_correction.shard_size": 4, "diversity.shard_size": 8, "pool.actors": 2}
-    summary = sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="it-run", data_root=str(root), overrides=overrides)
+    try:
+        summary = sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="it-run", data_root=str(root), overrides=overrides)
+        summary["reader_still_running"] = reader.poll() is None
+    finally:
+        reader.kill()
+        summary_err = reader.communicate()[1]
+    summary["reader_stderr"] = summary_err
     return root, summary, overrides
+
+
+LONG_QUERY = "select count(*) from range(3000000000) a, range(1000) b"
+
+
+def test_a_long_query_beside_the_run_neither_blocks_nor_fails_it(finished_run):
+    root, summary, _ = finished_run
+    assert summary["reader_still_running"], f"the reader ended before the run: {summary['reader_stderr']}"
+    assert catalog.catalog_path(root).is_file()  # refreshed while the reader held its views
+    got = catalog.query(root, "select run_id, status, error from runs").to_pylist()
+    assert got == [{"run_id": "it-run", "status": "finished", "error": None}]
 
 
 def test_every_problem_gets_two_chains_a_route_and_validated_rows(finished_run):
