@@ -10,6 +10,7 @@ shards whose inputs or settings changed, and nothing else.
 
 from __future__ import annotations
 
+import queue
 import secrets
 import socket
 import time
@@ -26,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import stages as declared
 from infra import catalog, progress, validation
 from infra.config import RunConfig, apply_overrides, check_inputs, load_config
-from infra.pool import close_pool, close_pools, ensure_ray, prewarm
+from infra.pool import close_pool, close_pools, close_run_pools, ensure_ray, fits, prewarm, run_pools, total_need
 from infra.storage import RunStore
 from tasks.report import build_report, qdc_rows
 
@@ -74,11 +75,11 @@ def _flow_run_bound_id(name: str) -> str | None:
     return f"{name}-fr{str(fid).replace('-', '')[:12]}" if fid else None
 
 
-def _host_slot(cfg: RunConfig, stage: declared.Stage):
+def _host_slot(cfg: RunConfig, *stages: declared.Stage):
     """A slot of the host's model-stage concurrency limit (``pool.host_concurrency_limit``)
-    for a model stage when one is configured; else nothing."""
+    when one is configured and any of ``stages`` is a model stage; else nothing."""
     limit = cfg.pool.host_concurrency_limit
-    if stage.backend is None or not limit:
+    if all(st.backend is None for st in stages) or not limit:
         return nullcontext()
     return concurrency(limit.format(host=socket.gethostname()), occupy=1, strict=False)
 
@@ -93,12 +94,8 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
     cfg = RunConfig.model_validate(store.load_config())
     shards = st.shards(run_dir)
     config_hash = st.config_hash(cfg)
-    if st.shards is not declared.one_shard:  # a new sharding leaves no stale shards behind
-        for table in st.writes:
-            store.prune(table, st.name, shards)
-            for implicit in declared.IMPLICIT_WRITES:  # their quarantine and suite results too
-                store.prune(implicit, f"{st.name}-{table}", shards)
-    task = st.task.with_options(retries=cfg.pool.shard_retries) if st.backend else st.task
+    _prune(store, st, shards)
+    task = _shard_task(st, cfg)
     done, failed = [], []
     with _host_slot(cfg, st):
         if st.backend:
@@ -111,11 +108,90 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
             except Exception as e:  # a failed shard fails the stage after the others finish
                 failed.append(f"{type(e).__name__}: {e}")
             progress.report(st.name, len(done) + len(failed), len(shards))
-    if st.backend:
-        close_pool(st.backend(cfg), cfg.pool)  # free this stage's actors for the next stage's backend
+    if st.backend and cfg.scheduling == "barrier":
+        close_pool(st.backend(cfg), cfg.pool, run_dir)  # the barrier baseline: every stage loads and frees its own engines
     if failed:
         raise StageFailed(f"{len(failed)} of {len(shards)} {st.name} shards failed (finished ones kept):\n" + "\n".join(failed))
     return sorted(done)
+
+
+def _prune(store: RunStore, st: declared.Stage, shards: list[str]) -> None:
+    """A new sharding leaves no stale shards of ``st`` behind (their quarantine and suite results neither)."""
+    if st.shards is declared.one_shard:
+        return
+    for table in st.writes:
+        store.prune(table, st.name, shards)
+        for implicit in declared.IMPLICIT_WRITES:
+            store.prune(implicit, f"{st.name}-{table}", shards)
+
+
+def _shard_task(st: declared.Stage, cfg: RunConfig):
+    """The stage's Prefect task; a model stage's retries infrastructure failures (``pool.shard_retries``)."""
+    return st.task.with_options(retries=cfg.pool.shard_retries) if st.backend else st.task
+
+
+@flow(name="stream", flow_run_name="{label}")
+def stream_flow(run_dir: str, stages: list[str], label: str = "stream") -> dict[str, list[str]]:
+    """Run a group of stages that stream (``flows.stages.stream_groups``): every shard of the
+    first is submitted; as each shard of a stage commits, the shards it feeds in the stages
+    that stream from it (``shards_of``) are submitted at once, so a generation shard's routing,
+    self-correction and diversity run while other shards still generate, on the same engines.
+
+    Task runs keep their stage's name (``generation-00003``, ``self_correction-00003-000``), and
+    each stage's progress is reported on its own. A failed shard's followers are not submitted;
+    the group fails after every other shard finished (they are kept), naming the failures.
+    Returns each stage's output paths."""
+    sts = [declared.get(s) for s in stages]
+    store = RunStore.at(run_dir)
+    cfg = RunConfig.model_validate(store.load_config())
+    head, names = sts[0], {st.name for st in sts}
+    followers: dict[str, list[declared.Stage]] = {}
+    for st in sts[1:]:
+        if st.stream_from not in names:
+            raise declared.StageGraphError(f"stage {st.name!r} streams from {st.stream_from!r}, which is not in {stages}")
+        followers.setdefault(st.stream_from, []).append(st)
+    tasks = {st.name: _shard_task(st, cfg) for st in sts}
+    hashes = {st.name: st.config_hash(cfg) for st in sts}
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    total = {st.name: 0 for st in sts}
+    done: dict[str, list[str]] = {st.name: [] for st in sts}
+    failed: dict[str, list[str]] = {st.name: [] for st in sts}
+
+    def submit(st: declared.Stage, shard: str) -> None:
+        fut = tasks[st.name].submit(run_dir, shard, hashes[st.name])
+        total[st.name] += 1
+        fut.add_done_callback(lambda f: events.put((st, shard, f)))
+
+    head_shards = head.shards(run_dir)
+    _prune(store, head, head_shards)
+    with _host_slot(cfg, *sts):
+        if any(st.backend for st in sts):
+            ensure_ray(cfg.pool)
+        for sh in head_shards:
+            submit(head, sh)
+        outstanding = len(head_shards)
+        for st in sts:
+            progress.report(st.name, 0, total[st.name])
+        while outstanding:
+            st, shard, fut = events.get()
+            outstanding -= 1
+            try:
+                done[st.name].append(fut.result())
+            except Exception as e:  # a failed shard fails the group after the others finish; its followers never start
+                failed[st.name].append(f"{st.name}/{shard}: {type(e).__name__}: {e}")
+            else:
+                for f in followers.get(st.name, []):
+                    for sh in f.shards_of(run_dir, shard):
+                        submit(f, sh)
+                        outstanding += 1
+                        progress.report(f.name, len(done[f.name]) + len(failed[f.name]), total[f.name])
+            progress.report(st.name, len(done[st.name]) + len(failed[st.name]), total[st.name])
+    errors = [e for st in sts for e in failed[st.name]]
+    if errors:
+        raise StageFailed(f"{len(errors)} shards of {label} failed (finished ones kept):\n" + "\n".join(errors))
+    for st in sts[1:]:  # every shard is known now: drop what an earlier sharding left
+        _prune(store, st, st.shards(run_dir))
+    return {name: sorted(paths) for name, paths in done.items()}
 
 
 def summarize(run_dir: str) -> dict:
@@ -183,6 +259,7 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
     try:
         return _tracked(run_dir)
     finally:
+        close_run_pools(run_dir)
         close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
 
 
@@ -213,15 +290,30 @@ def _run_stages(run_dir: str) -> dict:
     # validated. A resumed run loads nothing ahead: each stage builds what it needs.
     validation.preload()
     model_stages = [s for s in run if s.backend]
+    pools = run_pools(run_dir)
     if model_stages:
-        ensure_ray(cfg.pool)
+        ensure_ray(cfg.pool, total_need([s.backend(cfg) for s in model_stages], cfg.pool))
         if not _started(store, model_stages[0]):
-            prewarm(model_stages[0].backend(cfg), cfg.pool)
+            prewarm(model_stages[0].backend(cfg), cfg.pool, run_dir)
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
-    for st in run:
-        stage_flow.with_options(name=st.name, flow_run_name=st.name, task_runner=runner)(run_dir, st.name)
+    parts = [p for g in declared.stream_groups(run) for p in _fitting(g, cfg)] if cfg.scheduling == "streaming" else [[st] for st in run]
+    for k, part in enumerate(parts):
+        needed = [st.backend(cfg) for st in part if st.backend]
+        if any(st.exclusive(cfg) for st in part):  # e.g. TRL training on the GPUs the engines hold
+            pools.release_unneeded([], cfg.pool)
+        elif needed and not fits(pools.backends() + needed, cfg.pool):  # make room: free what this part does not use
+            pools.release_unneeded(needed, cfg.pool)
+        if len(part) == 1:
+            stage_flow.with_options(name=part[0].name, flow_run_name=part[0].name, task_runner=runner)(run_dir, part[0].name)
+        else:
+            label = "+".join(st.name for st in part)
+            stream_flow.with_options(task_runner=runner)(run_dir, [st.name for st in part], label)
+        later = [st.backend(cfg) for p in parts[k + 1:] for st in p if st.backend]
+        pools.release_unneeded(later, cfg.pool)  # engines no remaining stage needs
     catalog.refresh(store.data_root)
     summary = summarize(run_dir)
+    summary["pool_builds"], summary["engine_loads"] = pools.builds, pools.engine_loads
+    store.write_json("summary.json", summary)
     _publish(summary)
     if cfg.metrics.enabled:
         try:
@@ -230,6 +322,23 @@ def _run_stages(run_dir: str) -> dict:
             get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, store.run_id)
             summary["report_error"] = f"{type(e).__name__}: {e}"
     return summary
+
+
+def _fitting(group: list[declared.Stage], cfg: RunConfig) -> list[list[declared.Stage]]:
+    """Cut a streaming group where the next stage's backend cannot hold a pool beside the
+    pools of the stages before it (declared resources against the Ray cluster): those stages
+    then wait for the part before them, whose pools are freed first. On a machine that holds
+    them all, one part."""
+    parts: list[list[declared.Stage]] = [[]]
+    backends: list = []
+    for st in group:
+        mine = [st.backend(cfg)] if st.backend else []
+        if mine and backends and not fits(backends + mine, cfg.pool):
+            parts.append([])
+            backends = []
+        parts[-1].append(st)
+        backends += mine
+    return parts
 
 
 def unfinished_stages(run_dir: str) -> list[str]:

@@ -43,12 +43,27 @@ def one_shard(run_dir: str) -> list[str]:
     return ["00000"]
 
 
+def same_shard(run_dir: str, upstream_shard: str) -> list[str]:
+    """A streamed stage whose shard ``s`` follows the upstream stage's shard ``s``."""
+    return [upstream_shard]
+
+
+def consumers_of(stage: str) -> Callable[[str, str], list[str]]:
+    """The shards of ``stage`` that routing's committed shard feeds (its marker's ``consumers``)."""
+
+    def shards(run_dir: str, routing_shard: str) -> list[str]:
+        path = Path(run_dir) / "_done" / "stages" / f"routing.{routing_shard}.json"
+        return json.loads(path.read_text()).get("consumers", {}).get(stage, []) if path.is_file() else []
+
+    return shards
+
+
 def worklist_shards(stage: str) -> Callable[[str], list[str]]:
-    """The shards routing wrote for ``stage`` (``_done/routing.manifest.json``)."""
+    """Every shard of ``stage``, from the committed routing shards (one per generation shard)."""
+    of = consumers_of(stage)
 
     def shards(run_dir: str) -> list[str]:
-        manifest = Path(run_dir) / "_done" / "routing.manifest.json"
-        return json.loads(manifest.read_text()).get(stage, []) if manifest.is_file() else []
+        return [s for u in manifest_shards(run_dir) for s in of(run_dir, u)]
 
     return shards
 
@@ -68,6 +83,9 @@ class Stage:
     shards: Callable[[str], list[str]] = one_shard  # run_dir -> shard ids, read when the stage starts
     backend: Callable[[RunConfig], Any] | None = None  # model stages: the backend config they run on
     enabled: Callable[[RunConfig], bool] = always
+    exclusive: Callable[[RunConfig], bool] = lambda cfg: False  # needs the machine's GPUs: every engine pool is freed first
+    stream_from: str | None = None  # streamed: its shards can start as each shard of this stage commits...
+    shards_of: Callable[[str, str], list[str]] | None = None  # ...(run_dir, upstream shard) -> the shards it feeds
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -85,22 +103,26 @@ STAGES: tuple[Stage, ...] = (
           after=("seeds",), shards=manifest_shards, backend=lambda cfg: cfg.policy),
     Stage("routing", routing_task, reads=("problems", "chains"), writes=("routes", "pairs", "worklist"),
           config=("generation.mixed_outcome", "self_correction.shard_size", "diversity.shard_size"),
-          after=("generation",)),
+          after=("generation",), shards=manifest_shards, stream_from="generation", shards_of=same_shard),
     Stage("self_correction", self_correction_task, reads=("worklist",), writes=("chains", "pairs"),
           config=("seed", "policy", "search", "scorer", "self_correction.policy", "self_correction.prompt_template",
-                  "generation.prompt_template"),
+                  "self_correction.shard_size", "generation.prompt_template"),
           after=("routing",), shards=worklist_shards("self_correction"),
-          backend=lambda cfg: cfg.self_correction.policy or cfg.policy, enabled=lambda cfg: cfg.self_correction.enabled),
+          backend=lambda cfg: cfg.self_correction.policy or cfg.policy, enabled=lambda cfg: cfg.self_correction.enabled,
+          stream_from="routing", shards_of=consumers_of("self_correction")),
     Stage("diversity", diversity_task, reads=("worklist",), writes=("chains", "pairs"),
-          config=("seed", "search", "scorer", "diversity.small_policy", "diversity.candidates", "generation.prompt_template"),
+          config=("seed", "search", "scorer", "diversity.small_policy", "diversity.candidates", "diversity.shard_size",
+                  "generation.prompt_template"),
           after=("routing",), shards=worklist_shards("diversity"),
-          backend=lambda cfg: cfg.diversity.small_policy, enabled=lambda cfg: cfg.diversity.enabled),
+          backend=lambda cfg: cfg.diversity.small_policy, enabled=lambda cfg: cfg.diversity.enabled,
+          stream_from="routing", shards_of=consumers_of("diversity")),
     Stage("sft", sft_task, reads=("problems", "chains"), writes=("sft",),
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
           config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
     Stage("train", train_task, reads=("pairs", "sft"), writes=("train_log", "models"),
-          config=("train", "policy", "round"), after=("sft",), enabled=lambda cfg: cfg.train.enabled),
+          config=("train", "policy", "round"), after=("sft",), enabled=lambda cfg: cfg.train.enabled,
+          exclusive=lambda cfg: cfg.train.num_gpus > 0),
     Stage("evaluate", evaluate_task, reads=("problems",), writes=("evals", "eval_items"),
           config=("evaluate", "policy", "seeds", "round", "seed", "generation.prompt_template"),
           after=("train",), backend=lambda cfg: cfg.policy, enabled=lambda cfg: cfg.evaluate.enabled),
@@ -118,6 +140,8 @@ def ordered(stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
         unknown = [a for a in s.after if a not in by]
         if unknown:
             raise StageGraphError(f"stage {s.name!r} runs after unknown stage(s) {unknown}")
+        if s.stream_from and (s.stream_from not in s.after or s.shards_of is None):
+            raise StageGraphError(f"stage {s.name!r} streams from {s.stream_from!r}: it must also run after it and declare shards_of")
     out: list[Stage] = []
     placed: set[str] = set()
     while len(out) < len(stages):
@@ -127,6 +151,19 @@ def ordered(stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
         out.append(ready[0])
         placed.add(ready[0].name)
     return tuple(out)
+
+
+def stream_groups(run: tuple[Stage, ...]) -> list[list[Stage]]:
+    """The run's stages (in run order) cut into groups that stream: a stage joins the group
+    of the stage it streams from (``stream_from``); any other stage starts a new group. With
+    the declared stages: [seeds], [generation, routing, self_correction, diversity], [sft], ..."""
+    groups: list[list[Stage]] = []
+    for st in run:
+        if st.stream_from and groups and st.stream_from in {s.name for s in groups[-1]}:
+            groups[-1].append(st)
+        else:
+            groups.append([st])
+    return groups
 
 
 def names(stages: tuple[Stage, ...] | None = None) -> tuple[str, ...]:

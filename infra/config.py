@@ -321,6 +321,11 @@ class RunConfig(_Model):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Held-out evaluation of the policy and the trained model.")
     round: int = Field(0, ge=0, description="Self-evolution round this run belongs to (sphere evolve sets it; 0 for a plain run).")
     evolve_id: Optional[str] = Field(None, description="The sphere evolve this run is a round of (None for a plain run).")
+    scheduling: Literal["streaming", "barrier"] = Field(
+        "streaming", description="streaming: a shard's routing, self-correction and diversity start as soon as its generation "
+        "commits, and engine pools live as long as a remaining stage needs them; barrier: each stage waits for the whole "
+        "previous stage and closes its pool at its end (the factory before streaming; kept as the benchmark baseline). "
+        "The rows are identical either way.")
 
     def get(self, dotted: str):
         """The value at a dotted path (``"search.candidates"``), as JSON-able data."""

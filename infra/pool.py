@@ -27,20 +27,22 @@ log = logging.getLogger(__name__)
 _RAY_LOCK = threading.Lock()
 
 
-def ensure_ray(cfg: PoolConfig) -> None:
-    """Start (or join) Ray once per process (thread-safe)."""
+def ensure_ray(cfg: PoolConfig, need: dict[str, float] | None = None) -> None:
+    """Start (or join) Ray once per process (thread-safe). A local Ray declares at least the
+    CPUs of ``need`` (the run's pools together, ``total_need``; default one pool), so every
+    pool of the run fits at once; a cluster (``pool.address``) has what it has."""
     with _RAY_LOCK:
         if not ray.is_initialized():
-            _init_ray(cfg)
+            _init_ray(cfg, need)
 
 
-def _init_ray(cfg: PoolConfig) -> None:
+def _init_ray(cfg: PoolConfig, need: dict[str, float] | None = None) -> None:
     if cfg.address:
         ray.init(address=cfg.address, ignore_reinit_error=True, log_to_driver=False)
     else:
-        need = cfg.actors * cfg.num_cpus
+        cpus = (need or {}).get("CPU", cfg.actors * cfg.num_cpus)
         ray.init(
-            num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+            num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
             num_gpus=None if cfg.num_gpus else 0,
             include_dashboard=False,
             ignore_reinit_error=True,
@@ -116,6 +118,24 @@ def _unwrap(err: RayTaskError) -> BaseException:
     return cause if cause is not None else err
 
 
+def least_loaded(load: list[int], n: int) -> list[tuple[int, tuple[int, int]]]:
+    """Split ``n`` requests over the actors whose in-flight ``load`` is least: (actor index,
+    (start, end)) per chunk, in request order. The requests go to the least-loaded actors
+    first and are shared so that every used actor ends as level as possible (water-filling):
+    a batch arriving while another stage's batch keeps some actors busy lands on the others."""
+    k = len(load)
+    order = sorted(range(k), key=lambda i: (load[i], i))
+    add = [0] * k
+    for _ in range(n):  # one request at a time to the actor with the least (load + added); k and n are small
+        j = min(order, key=lambda i: (load[i] + add[i], i))
+        add[j] += 1
+    out, start = [], 0
+    for i in sorted((i for i in range(k) if add[i]), key=lambda i: (load[i], i)):
+        out.append((i, (start, start + add[i])))
+        start += add[i]
+    return out
+
+
 class EnginePool:
     def __init__(self, backend_cfg, pool_cfg: PoolConfig):
         ensure_ray(pool_cfg)
@@ -123,7 +143,9 @@ class EnginePool:
         self.cfg = pool_cfg
         self._lock = threading.Lock()
         self._pgs: dict = {}
+        self.spawned = 0  # engine loads: actors started (each builds its engine once), replacements included
         self.actors = [self._spawn() for _ in range(backend_json_actors(self.backend_json, pool_cfg))]
+        self._load = [0] * len(self.actors)  # requests in flight per actor (least-loaded dispatch)
         try:
             infos = self._start(self.actors)
         except BackendError:
@@ -133,6 +155,7 @@ class EnginePool:
         self.reproducible = infos[0]["reproducible"]
 
     def _spawn(self):
+        self.spawned += 1
         opts = actor_options(self.backend_json, self.cfg)
         actor = BackendActor.options(**opts).remote(self.backend_json)
         if "scheduling_strategy" in opts:  # the actor's GPU reservation, released with it
@@ -183,9 +206,19 @@ class EnginePool:
     def _call(self, method: str, requests: list) -> list:
         if not requests:
             return []
-        k = len(self.actors)
-        size = -(-len(requests) // k)
-        chunks = [(i, requests[i * size : (i + 1) * size]) for i in range(k) if requests[i * size : (i + 1) * size]]
+        with self._lock:
+            slots = least_loaded(self._load, len(requests))
+            for i, c in slots:
+                self._load[i] += len(c)
+        try:
+            return self._dispatch(method, [(i, requests[a:b]) for i, (a, b) in slots])
+        finally:
+            with self._lock:
+                for i, (a, b) in slots:
+                    self._load[i] -= b - a
+
+    def _dispatch(self, method: str, chunks: list[tuple[int, list]]) -> list:
+        """Send each (actor index, chunk); collect in order; resend a failed chunk on a fresh actor."""
         out: dict[int, list[GenResult]] = {}
         attempts = {i: 0 for i, _ in chunks}
         pending = {i: (self.actors[i], getattr(self.actors[i], method).remote(c)) for i, c in chunks}
@@ -221,26 +254,134 @@ class EnginePool:
         self.actors = []
 
 
-_POOLS: dict[str, EnginePool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
 def _key(backend_cfg, pool_cfg: PoolConfig) -> str:
     import json
 
     return json.dumps([backend_cfg.model_dump(mode="json"), pool_cfg.model_dump(mode="json")], sort_keys=True)
 
 
-def get_pool(backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
-    """The process's pool for this (backend, pool) config, built on first use."""
-    key = _key(backend_cfg, pool_cfg)
-    with _POOLS_LOCK:
-        if key not in _POOLS:
-            _POOLS[key] = EnginePool(backend_cfg, pool_cfg)
-        return _POOLS[key]
+def pool_need(backend_cfg, pool_cfg: PoolConfig) -> dict[str, float]:
+    """The Ray resources a pool of this backend reserves: actors × (CPUs, GPUs, custom
+    resources), as ``actor_options`` asks for them (computed without reserving anything)."""
+    bj = backend_cfg.model_dump(mode="json")
+    n = backend_json_actors(bj, pool_cfg)
+    gpus = pool_cfg.num_gpus
+    if bj.get("kind") == "vllm":
+        gpus = bj.get("gpus_per_engine") if bj.get("gpus_per_engine") is not None else int(bj.get("tensor_parallel_size") or 1)
+    need = {"CPU": n * float(pool_cfg.num_cpus), "GPU": n * float(gpus)}
+    for name, amount in (getattr(pool_cfg, "resources", None) or {}).items():
+        need[name] = n * float(amount)
+    return need
 
 
-def prewarm(backend_cfg, pool_cfg: PoolConfig) -> threading.Thread:
+def total_need(backend_cfgs, pool_cfg: PoolConfig) -> dict[str, float]:
+    """The resources of one pool per distinct backend config in ``backend_cfgs``."""
+    out: dict[str, float] = {}
+    for key, b in {_key(b, pool_cfg): b for b in backend_cfgs}.items():
+        for name, amount in pool_need(b, pool_cfg).items():
+            out[name] = out.get(name, 0.0) + amount
+    return out
+
+
+class RunPools:
+    """The engine pools of one run (its ``owner``, the run directory): one pool per distinct
+    (backend, pool) config, built on first use and shared by every stage and shard that names
+    that backend (generation and self-correction share the policy's actors). The run releases
+    a pool when no remaining stage needs it, or when another backend needs its resources and
+    both cannot fit (``fits``). ``builds`` counts the pools built, ``engine_loads`` the actors
+    started (each builds its engine once; replacements after a failure included)."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self._pools: dict[str, EnginePool] = {}
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self.builds = 0
+        self._closed_loads = 0
+
+    def get(self, backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
+        key = _key(backend_cfg, pool_cfg)
+        with self._lock:
+            if key in self._pools:
+                return self._pools[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # one build per key; other callers of the same key wait for it, other keys do not
+            with self._lock:
+                if key in self._pools:
+                    return self._pools[key]
+            pool = EnginePool(backend_cfg, pool_cfg)
+            with self._lock:
+                self._pools[key] = pool
+                self.builds += 1
+            return pool
+
+    def has(self, backend_cfg, pool_cfg: PoolConfig) -> bool:
+        return _key(backend_cfg, pool_cfg) in self._pools
+
+    def backends(self) -> list:
+        """The backend configs of the pools alive now."""
+        from pydantic import TypeAdapter
+
+        from infra.config import BackendConfig
+
+        return [TypeAdapter(BackendConfig).validate_python(p.backend_json) for p in list(self._pools.values())]
+
+    def release(self, backend_cfg, pool_cfg: PoolConfig) -> bool:
+        """Close this backend's pool if the run has one. Returns whether it had."""
+        with self._lock:
+            pool = self._pools.pop(_key(backend_cfg, pool_cfg), None)
+        if pool is None:
+            return False
+        self._closed_loads += pool.spawned
+        pool.close()
+        return True
+
+    def release_unneeded(self, keep: list, pool_cfg: PoolConfig) -> list[str]:
+        """Close every pool whose backend is not in ``keep``. Returns the closed models."""
+        keys = {_key(b, pool_cfg) for b in keep}
+        with self._lock:
+            gone = [(k, p) for k, p in self._pools.items() if k not in keys]
+            for k, _ in gone:
+                del self._pools[k]
+        for _, p in gone:
+            self._closed_loads += p.spawned
+            p.close()
+        return [p.model_name for _, p in gone]
+
+    @property
+    def engine_loads(self) -> int:
+        return self._closed_loads + sum(p.spawned for p in list(self._pools.values()))
+
+    def close(self) -> None:
+        self.release_unneeded([], PoolConfig())
+
+
+def fits(backend_cfgs, pool_cfg: PoolConfig) -> bool:
+    """Whether one pool per distinct backend in ``backend_cfgs`` fits in the Ray cluster at
+    once, by their declared resources (``pool_need``) against the cluster's totals."""
+    have = ray.cluster_resources()
+    return all(have.get(name, 0.0) + 1e-9 >= amount for name, amount in total_need(backend_cfgs, pool_cfg).items() if amount)
+
+
+_RUNS: dict[str, RunPools] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def run_pools(owner: str | None = None) -> RunPools:
+    """The pools of run ``owner`` (its run directory; None: pools used outside any run)."""
+    owner = owner or ""
+    with _RUNS_LOCK:
+        if owner not in _RUNS:
+            _RUNS[owner] = RunPools(owner)
+        return _RUNS[owner]
+
+
+def get_pool(backend_cfg, pool_cfg: PoolConfig, owner: str | None = None) -> EnginePool:
+    """Run ``owner``'s pool for this (backend, pool) config, built on first use."""
+    return run_pools(owner).get(backend_cfg, pool_cfg)
+
+
+def prewarm(backend_cfg, pool_cfg: PoolConfig, owner: str | None = None) -> threading.Thread:
     """Create the pool's actors from a background thread (they build their engines while
     the driver does other work). Call ``ensure_ray`` on the main thread first: Ray's daemons
     are killed when the thread that started them exits. Errors are not lost: the stage's own
@@ -251,7 +392,7 @@ def prewarm(backend_cfg, pool_cfg: PoolConfig) -> threading.Thread:
 
     def warm() -> None:
         try:
-            get_pool(backend_cfg, pool_cfg)
+            get_pool(backend_cfg, pool_cfg, owner)
         except Exception as e:  # surfaced again by the stage's own get_pool
             log.warning("engine pool prewarm failed: %s", e)
 
@@ -264,14 +405,11 @@ def prewarm(backend_cfg, pool_cfg: PoolConfig) -> threading.Thread:
 _PREWARMING: list[threading.Thread] = []
 
 
-def close_pool(backend_cfg, pool_cfg: PoolConfig) -> None:
-    """Close the process's pool for this (backend, pool) config, if there is one (other
+def close_pool(backend_cfg, pool_cfg: PoolConfig, owner: str | None = None) -> None:
+    """Close run ``owner``'s pool for this (backend, pool) config, if there is one (other
     pools, e.g. one prewarmed for a later stage, are left alone)."""
     _join_prewarms()
-    with _POOLS_LOCK:
-        pool = _POOLS.pop(_key(backend_cfg, pool_cfg), None)
-    if pool is not None:
-        pool.close()
+    run_pools(owner).release(backend_cfg, pool_cfg)
 
 
 def _join_prewarms() -> None:
@@ -279,11 +417,22 @@ def _join_prewarms() -> None:
         _PREWARMING.pop().join()
 
 
+def close_run_pools(owner: str) -> RunPools | None:
+    """Close every pool of run ``owner`` and forget them; returns its (closed) pools record."""
+    _join_prewarms()
+    with _RUNS_LOCK:
+        pools = _RUNS.pop(owner, None)
+    if pools is not None:
+        pools.close()
+    return pools
+
+
 def close_pools() -> None:
     """Close every pool of the process. A prewarm still building a pool is waited for first,
     so no pool built in the background outlives the close (and holds the CPUs/GPUs)."""
     _join_prewarms()
-    with _POOLS_LOCK:
-        for p in _POOLS.values():
-            p.close()
-        _POOLS.clear()
+    with _RUNS_LOCK:
+        runs = list(_RUNS.values())
+        _RUNS.clear()
+    for r in runs:
+        r.close()

@@ -141,9 +141,11 @@ WORKLIST = pa.schema(
         ("steps", pa.list_(pa.string())),
         ("text", pa.string()),
         ("step_scores", pa.list_(pa.float64())),
+        ("target", pa.string()),  # the stage it feeds: self_correction | diversity
     ]
 )
-"""Routing's hand-off to self-correction and diversity: each routed problem with its MAX chain."""
+"""Routing's hand-off to self-correction and diversity: each routed problem with its MAX chain,
+one part per generation shard; a consumer shard ``<shard>-<k>`` is the k-th slice of its target's rows."""
 
 MODELS = pa.schema(
     [

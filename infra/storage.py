@@ -267,10 +267,15 @@ class RunStore:
         (to every reader) until the new commit is written."""
         self.stage_marker_path(stage, shard).unlink(missing_ok=True)
 
-    def mark_stage_done(self, stage: str, shard: str, fingerprint: dict, tables: list[str]) -> None:
+    def mark_stage_done(self, stage: str, shard: str, fingerprint: dict, tables: list[str], **extra) -> None:
         """Mark a stage's shard finished: written last, after every table of the shard."""
         atomic_write_text(self.stage_marker_path(stage, shard),
-                          json.dumps({"fingerprint": fingerprint, "tables": tables, "written_at": time.time()}, sort_keys=True))
+                          json.dumps({**extra, "fingerprint": fingerprint, "tables": tables, "written_at": time.time()}, sort_keys=True))
+
+    def stage_marker(self, stage: str, shard: str) -> dict | None:
+        """A stage shard's commit record, or None when it is not committed."""
+        path = self.stage_marker_path(stage, shard)
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
         """All finished shards of a table (optionally of one stage, each verified), or an empty table."""

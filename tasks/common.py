@@ -94,12 +94,13 @@ class RunContext:
         return False
 
     def engine(self, backend_cfg, config_hash: str, search: SearchConfig | None = None) -> Engine:
-        """The Ray pool of ``backend_cfg`` (built once per process) as an ``Engine`` for one shard."""
+        """The run's Ray pool of ``backend_cfg`` (built once per run, shared by every stage that
+        names this backend) as an ``Engine`` for one shard."""
         from infra.pool import get_pool
 
         cfg = self.cfg
         search = search or cfg.search
-        pool = get_pool(backend_cfg, cfg.pool)
+        pool = get_pool(backend_cfg, cfg.pool, str(self.store.run_dir))
         return Engine(pool.generate, build_scorer(cfg.scorer, pool.generate, search, cfg.seed, cfg.pool), search, cfg.seed,
                       cfg.scorer.unknown_score, pool.model_name, self.run_id, config_hash)
 
@@ -129,12 +130,12 @@ class RunContext:
         return store.write(table_name, stage, shard, outcome.good, **meta)
 
     def commit(self, stage: str, shard: str, outputs: dict[str, pa.Table], fingerprint: dict,
-               problems: pa.Table | None = None) -> str:
+               problems: pa.Table | None = None, extra: dict | None = None) -> str:
         """Persist every output table in order (chains before the pairs that point at them),
         then mark the shard done with its fingerprint: that one marker commits all its tables
-        together (their parts name it). Returns the first table's part path."""
+        together (their parts name it; ``extra`` goes into it). Returns the first table's part path."""
         self.store.unmark_stage(stage, shard)
         paths = [self.persist(name, stage, shard, table, problems, fingerprint=fingerprint, commit=f"{stage}.{shard}")
                  for name, table in outputs.items()]
-        self.store.mark_stage_done(stage, shard, fingerprint, list(outputs))
+        self.store.mark_stage_done(stage, shard, fingerprint, list(outputs), **(extra or {}))
         return str(paths[0])

@@ -17,6 +17,7 @@ from infra.prompts import load_template
 from infra.schemas import from_rows, require
 from tasks.common import RunContext, is_transient
 from tasks.engine import Engine
+from tasks.routing import worklist_slice
 from tasks.rows import chain_row, pair_row
 from tasks.search import SearchProblem
 
@@ -56,10 +57,10 @@ def diversity_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Diversity induction over one worklist shard -> validated ``chains`` and ``pairs`` shards."""
     ctx = RunContext.open(run_dir)
     cfg = ctx.cfg
-    part = f"{STAGE}-{shard}"
+    part = shard.rsplit("-", 1)[0]  # the generation shard whose routing fed this one
     fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
     if not ctx.is_done(STAGE, shard, fp):
-        worklist = ctx.store.read_part("worklist", "routing", part)
+        worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, cfg.diversity.shard_size)
         engine = ctx.engine(cfg.diversity.small_policy, config_hash, small_search_config(cfg.search, cfg.diversity))
         ctx.commit(STAGE, shard, diversify(worklist, cfg.diversity, engine, cfg.generation.prompt_template), fp, problems=worklist)
     return str(ctx.store.part_path("chains", STAGE, shard))

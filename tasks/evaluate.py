@@ -120,8 +120,9 @@ def dataset_name(section: EvaluateConfig, seeds: SeedsConfig) -> str:
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Evaluate the checkpoint the round trained (and, in round 0, the policy it started from)
-    on the held-out problems -> ``evals`` and ``eval_items``; each model's pool is closed
-    after its evaluation."""
+    on the held-out problems -> ``evals`` and ``eval_items``. The policy's pool is the run's
+    (the one generation used, if still alive); each model's pool is closed after its
+    evaluation (this is the last stage that needs it, and the next model needs the room)."""
     from infra.pool import close_pool, get_pool
 
     ctx = RunContext.open(run_dir)
@@ -136,10 +137,10 @@ def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
         models += [(cfg.round + 1, trained_backend(cfg.policy, m["path"])) for m in store.read_table("models", "train").to_pylist()]
         evals, items = [], []
         for rnd, backend in models:
-            pool = get_pool(backend, cfg.pool)
+            pool = get_pool(backend, cfg.pool, run_dir)
             e, i = evaluate_policy(problems, pool.generate, cfg.evaluate, cfg.generation.prompt_template, run_id=ctx.run_id,
                                    round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed)
-            close_pool(backend, cfg.pool)
+            close_pool(backend, cfg.pool, run_dir)
             evals += e + [{**e[0], "metric": "overlap_removed", "value": float(overlap), "ci_low": None, "ci_high": None}]
             items += i
         ctx.commit(STAGE, shard, {"evals": from_rows(evals, "evals"), "eval_items": from_rows(items, "eval_items")}, fp)

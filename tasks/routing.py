@@ -11,6 +11,7 @@ Routes (SPHERE, DESIGN.md):
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -67,7 +68,7 @@ def worklists(problems: pa.Table, chains: pa.Table, routes: pa.Table, *, run_id:
         if target:
             c = mx[r["problem_id"]]
             out[target].append({"run_id": run_id, **q[r["problem_id"]], "chain_id": c["chain_id"], "steps": c["steps"],
-                                "text": c["text"], "step_scores": c["step_scores"]})
+                                "text": c["text"], "step_scores": c["step_scores"], "target": target})
     return {target: from_rows(rows, "worklist") for target, rows in out.items()}
 
 
@@ -79,26 +80,34 @@ def route(problems: pa.Table, chains: pa.Table, section: GenerationStage, *, run
     return {"routes": routes, "pairs": generation_pairs(chains, routes, run_id=run_id), **{f"worklist:{t}": w for t, w in lists.items()}}
 
 
+def consumer_shards(generation_shard: str, n_rows: int, size: int) -> list[str]:
+    """The shards of a worklist consumer fed by one generation shard: ``<shard>-<k>`` for the
+    k-th slice of ``size`` rows."""
+    return [f"{generation_shard}-{k // size:03d}" for k in range(0, n_rows, size)]
+
+
+def worklist_slice(worklist: pa.Table, target: str, shard: str, size: int) -> pa.Table:
+    """The rows of consumer shard ``<generation shard>-<k>`` of ``target`` in a routing worklist part."""
+    k = int(shard.rsplit("-", 1)[1])
+    rows = worklist.filter(pc.equal(worklist.column("target"), target))
+    return rows.slice(k * size, size)
+
+
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
 def routing_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Route every problem: write the worklists of the self-correction and diversity stages
-    (``worklist/routing/part-<stage>-<k>``, ``<stage>.shard_size`` problems each, listed in
-    ``_done/routing.manifest.json``), then the generation pairs and ``routes``; the stage
-    marker, written last, commits it."""
+    """Route the problems of one generation shard: commit its ``routes``, generation ``pairs``
+    and one ``worklist`` part for self-correction and diversity together; the stage marker
+    lists the consumer shards (``consumer_shards``) each target gets from it, so they can
+    start as soon as this shard commits."""
     ctx = RunContext.open(run_dir)
     store = ctx.store
-    fp = ctx.fingerprint(config_hash, [("problems", "seeds"), ("chains", "generation")])
+    fp = ctx.fingerprint(config_hash, [("problems", "seeds", shard), ("chains", "generation", shard)])
     if not ctx.is_done(STAGE, shard, fp):
-        problems = store.read_table("problems", "seeds")
-        out = route(problems, store.read_table("chains", "generation"), ctx.cfg.generation, run_id=ctx.run_id)
-        manifest = {}
-        for target in WORKLIST_TARGETS.values():
-            size, rows = getattr(ctx.cfg, target).shard_size, out[f"worklist:{target}"]
-            manifest[target] = [f"{k // size:05d}" for k in range(0, rows.num_rows, size)]
-            for k, sh in zip(range(0, rows.num_rows, size), manifest[target]):
-                store.write("worklist", STAGE, f"{target}-{sh}", rows.slice(k, size), fingerprint=fp,
-                            commit=f"{STAGE}.{shard}")
-        store.prune("worklist", STAGE, [f"{t}-{sh}" for t, shards in manifest.items() for sh in shards])
-        store.write_json(f"_done/{STAGE}.manifest.json", manifest)
-        ctx.commit(STAGE, shard, {"pairs": out["pairs"], "routes": out["routes"]}, fp, problems=problems)
+        problems = store.read_part("problems", "seeds", shard)
+        out = route(problems, store.read_part("chains", "generation", shard), ctx.cfg.generation, run_id=ctx.run_id)
+        lists = {t: out[f"worklist:{t}"] for t in WORKLIST_TARGETS.values()}
+        consumers = {t: consumer_shards(shard, w.num_rows, getattr(ctx.cfg, t).shard_size) for t, w in lists.items()}
+        worklist = pa.concat_tables(list(lists.values()))
+        ctx.commit(STAGE, shard, {"pairs": out["pairs"], "routes": out["routes"], "worklist": worklist}, fp,
+                   problems=problems, extra={"consumers": consumers})
     return str(store.part_path("routes", STAGE, shard))

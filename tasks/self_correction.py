@@ -21,6 +21,7 @@ from infra.prompts import Template, load_template
 from infra.schemas import from_rows, require
 from tasks.common import RunContext, is_transient
 from tasks.engine import Engine
+from tasks.routing import worklist_slice
 from tasks.rows import chain_row, pair_row
 from tasks.search import SearchProblem
 
@@ -75,10 +76,10 @@ def correction_pairs(chains: pa.Table, solve: Template, questions: dict[str, str
 def self_correction_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Self-correction over one worklist shard -> validated ``chains`` and ``pairs`` shards."""
     ctx = RunContext.open(run_dir)
-    part = f"{STAGE}-{shard}"
+    part = shard.rsplit("-", 1)[0]  # the generation shard whose routing fed this one
     fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
     if not ctx.is_done(STAGE, shard, fp):
-        worklist = ctx.store.read_part("worklist", "routing", part)
+        worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, ctx.cfg.self_correction.shard_size)
         engine = ctx.engine(ctx.cfg.self_correction.policy or ctx.cfg.policy, config_hash)
         out = self_correct(worklist, ctx.cfg.self_correction, engine, load_template(ctx.cfg.generation.prompt_template))
         ctx.commit(STAGE, shard, out, fp, problems=worklist)
