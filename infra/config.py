@@ -102,6 +102,13 @@ class OpenAIBackend(_Model):
     max_retries: int = Field(6, ge=0, description="Retries of one request on 429/5xx/timeouts/dropped connections.")
     backoff_base_s: float = Field(0.5, gt=0, description="Full-jitter backoff base: sleep uniform(0, min(max, base * 2**attempt)).")
     backoff_max_s: float = Field(20.0, gt=0, description="Backoff ceiling (also caps Retry-After).")
+    deadline_s: Optional[float] = Field(
+        300.0, gt=0, description="Overall deadline of one request chain: all its attempts, timeouts and backoff, counted "
+        "from its first attempt (not its wait for a concurrency slot). Past it the generate call raises DeadlineExceeded "
+        "(naming base_url and model), which neither the pool nor Prefect retries. Without it a server that accepts and "
+        "never answers costs (max_retries + 1) * request_timeout_s + backoff = 7 * 60 + up to 31.5 s per chain under the "
+        "defaults, times the pool's and Prefect's retries (about 68 minutes a shard); with it a shard fails after about "
+        "deadline_s (5 minutes). None: no deadline.")
     send_seed: bool = Field(True, description="Send a per-sample seed (servers that reject 'seed' need False).")
     reproducible: bool = Field(False, description="Declare that the server returns the same text for the same seed (e.g. one llama.cpp slot).")
     extra_body: dict = Field(default_factory=dict, description="Server-specific request fields merged into every body (e.g. {'top_k': 20}, llama.cpp {'cache_prompt': false}).")
@@ -140,6 +147,12 @@ class PoolConfig(_Model):
         2, ge=0, description="Times Prefect retries a model stage's shard task after an infrastructure error (BackendError) "
         "the pool could not absorb; bad data and bugs are never retried.")
     batch_timeout_s: float = Field(600.0, gt=0, description="A batch not answered within this is an infrastructure failure.")
+    call_deadline_s: Optional[float] = Field(
+        1800.0, gt=0, description="Overall deadline of one pool call (a batch, every actor retry and respawn included); "
+        "past it the call raises DeadlineExceeded (naming the model), which Prefect does not retry, and an actor still "
+        "on the chunk is killed. It bounds a hung engine that no backend deadline covers (vllm, llamacpp): under the "
+        "defaults such a shard fails after 1800 s instead of batch_timeout_s * (max_retries + 1) * (shard_retries + 1) "
+        "= 600 * 3 * 3 s = 90 minutes. Must be >= batch_timeout_s. None: no deadline.")
     startup_timeout_s: float = Field(300.0, gt=0, description="Actors must have built their backends within this (else the run fails fast).")
     host_concurrency_limit: Optional[str] = Field(
         None, description="Prefect global concurrency limit each model stage holds one slot of while it runs; '{host}' is "
@@ -147,6 +160,13 @@ class PoolConfig(_Model):
     runtime_env: Optional[dict] = Field(
         None, description="Ray runtime_env of the actors: the GPU workers' own environment ({'pip': [...]} / {'uv': [...]}, "
         "{'image_uri': ...}, env_vars). The driver never imports vLLM; only the actors do.")
+
+    @model_validator(mode="after")
+    def _deadline_covers_a_batch(self) -> PoolConfig:
+        if self.call_deadline_s is not None and self.call_deadline_s < self.batch_timeout_s:
+            raise ValueError(f"call_deadline_s ({self.call_deadline_s}) is shorter than batch_timeout_s ({self.batch_timeout_s}): "
+                             "no batch could use its whole timeout; raise call_deadline_s or set it to null")
+        return self
 
 
 # ---------------------------------------------------------------- method

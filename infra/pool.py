@@ -5,7 +5,10 @@ cheap picklable config. ``EnginePool.generate(requests)`` splits a batch across 
 actors, keeps result order, and handles infrastructure failures: an actor that dies or
 does not answer within ``batch_timeout_s`` is replaced by a fresh one and its chunk is
 resent, up to ``max_retries`` times; then ``BackendError`` is raised. A request that is
-malformed (``InvalidRequest``) is not retried. Thread-safe: several Prefect shard tasks
+malformed (``InvalidRequest``) is not retried, nor is a backend's ``DeadlineExceeded``. One
+call as a whole (every wait, retry and respawn) is bounded by ``call_deadline_s``: past it
+the call raises ``DeadlineExceeded`` naming the model, and an actor still on the chunk is
+replaced. Thread-safe: several Prefect shard tasks
 can share one pool.
 """
 
@@ -14,11 +17,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from infra.backends.base import BackendError, BackendTimeout, BackendUnavailable, GenRequest, GenResult, InvalidRequest
+from infra.backends.base import (BackendError, BackendTimeout, BackendUnavailable, DeadlineExceeded, GenRequest, GenResult,
+                                 InvalidRequest)
 from infra.config import PoolConfig
 
 log = logging.getLogger(__name__)
@@ -203,34 +208,58 @@ class EnginePool:
         """Per-token rewards of ``texts`` from a reward model pool (same retry path)."""
         return self._call("reward", texts)
 
+    def _wait_s(self, t0: float) -> float:
+        """How long to wait for one chunk: its batch timeout, cut to what is left of the call's deadline."""
+        if self.cfg.call_deadline_s is None:
+            return self.cfg.batch_timeout_s
+        return max(0.0, min(self.cfg.batch_timeout_s, t0 + self.cfg.call_deadline_s - time.monotonic()))
+
+    def _check_deadline(self, t0: float, method: str, i: int, actor, ref, attempts: int, reason: Exception) -> None:
+        """Raise ``DeadlineExceeded`` once the call has outlived ``call_deadline_s``; an actor
+        still on the chunk (``ref`` not ready) is replaced first (it would hold up every later
+        call); its successor builds its backend in the background, ready for the next call."""
+        d = self.cfg.call_deadline_s
+        if d is None or time.monotonic() - t0 < d:
+            return
+        if not ray.wait([ref], timeout=0)[0]:
+            with self._lock:
+                if self.actors[i] is actor:
+                    self._kill(actor)
+                    self.actors[i] = self._spawn()
+        where = f" at {self.backend_json['base_url']}" if self.backend_json.get("base_url") else ""
+        raise DeadlineExceeded(f"engine pool {self.model_name}{where}: {method} did not finish within pool.call_deadline_s={d}s "
+                               f"(chunk {i}: {attempts} attempts, batch_timeout_s={self.cfg.batch_timeout_s}); last error: {reason}")
+
     def _call(self, method: str, requests: list) -> list:
         if not requests:
             return []
+        t0 = time.monotonic()
         with self._lock:
             slots = least_loaded(self._load, len(requests))
-            for i, c in slots:
-                self._load[i] += len(c)
+            for i, (a, b) in slots:
+                self._load[i] += b - a
         try:
-            return self._dispatch(method, [(i, requests[a:b]) for i, (a, b) in slots])
+            return self._dispatch(method, [(i, requests[a:b]) for i, (a, b) in slots], t0)
         finally:
             with self._lock:
                 for i, (a, b) in slots:
                     self._load[i] -= b - a
 
-    def _dispatch(self, method: str, chunks: list[tuple[int, list]]) -> list:
+    def _dispatch(self, method: str, chunks: list[tuple[int, list]], t0: float) -> list:
         """Send each (actor index, chunk); collect in order; resend a failed chunk on a fresh actor."""
         out: dict[int, list[GenResult]] = {}
         attempts = {i: 0 for i, _ in chunks}
         pending = {i: (self.actors[i], getattr(self.actors[i], method).remote(c)) for i, c in chunks}
         while pending:
             i, (actor, ref) = next(iter(pending.items()))
+            wait = self._wait_s(t0)
             try:
-                out[i] = ray.get(ref, timeout=self.cfg.batch_timeout_s)
+                out[i] = ray.get(ref, timeout=wait)
                 del pending[i]
                 continue
             except RayTaskError as e:
                 cause = _unwrap(e)
-                if isinstance(cause, InvalidRequest):
+                if isinstance(cause, (InvalidRequest, DeadlineExceeded)):  # final: retrying would defeat the deadline
                     raise cause from None
                 if not isinstance(cause, BackendError):
                     raise BackendError(f"backend raised {type(cause).__name__}: {cause}") from None
@@ -238,8 +267,9 @@ class EnginePool:
             except RayActorError as e:
                 reason = BackendUnavailable(f"actor died: {e}")
             except GetTimeoutError:
-                reason = BackendTimeout(f"no answer within {self.cfg.batch_timeout_s}s")
+                reason = BackendTimeout(f"no answer within {wait:.1f}s")
             attempts[i] += 1
+            self._check_deadline(t0, method, i, actor, ref, attempts[i], reason)
             if attempts[i] > self.cfg.max_retries:
                 raise BackendError(f"chunk failed {attempts[i]} times; last: {reason}") from None
             log.warning("engine pool: %s; retrying chunk %d on a fresh actor (attempt %d)", reason, i, attempts[i])

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from infra.backends.base import BackendError
+from infra.backends.base import BackendError, DeadlineExceeded
 from infra.config import RunConfig, SearchConfig
 from infra.prompts import load_template
 from infra.schemas import from_rows
@@ -55,9 +55,12 @@ def code_version() -> str:
 
 
 def is_transient(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry only infrastructure failures (the backend), never bad data or bugs."""
+    """Prefect ``retry_condition_fn``: retry only infrastructure failures (the backend), never bad data or bugs,
+    nor a ``DeadlineExceeded`` (the deadline bounds the shard's total wait; a retry would multiply it)."""
     try:
         state.result()
+    except DeadlineExceeded:
+        return False
     except BackendError:
         return True
     except Exception:

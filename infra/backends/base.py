@@ -7,8 +7,9 @@ model, the model's chat template for an instruct model). Each request asks for `
 samples; sample ``j`` of a request with ``seed=s`` is reproducible where the backend says
 so (``reproducible`` attribute).
 
-Errors: infrastructure failures raise ``BackendError`` subclasses (the pool retries them);
-a single bad output is not an error, it is data (``finish_reason``, empty text).
+Errors: infrastructure failures raise ``BackendError`` subclasses (the pool retries them),
+except ``DeadlineExceeded``, which is final; a single bad output is not an error, it is
+data (``finish_reason``, empty text).
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ class BackendTimeout(BackendError):
 
 class BackendUnavailable(BackendError):
     """The backend could not be built or has died (model missing, server gone, OOM)."""
+
+
+class DeadlineExceeded(BackendTimeout):
+    """A whole request chain (every attempt, timeout and backoff of one request) or a whole
+    pool call (every actor retry) outlived its overall deadline; the message names the
+    backend, the deadline and what was being waited on.
+
+    Final, unlike its parent classes: neither the pool (``EnginePool._call``) nor Prefect's
+    shard retry (``tasks.common.is_transient``) retries it, since the deadline exists to
+    bound the total wait and a retry would multiply it again. It is still a
+    ``BackendError``, so a stage aborts its shard on it (``Engine.search_chains`` never
+    isolates it as a row-level failure)."""
 
 
 class InvalidRequest(ValueError):

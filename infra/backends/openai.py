@@ -16,8 +16,11 @@ limit carries over between batches. 429 waits ``Retry-After`` when the server se
 429, 5xx, timeouts, dropped connections and unparseable bodies are retried with full
 jitter (``uniform(0, min(backoff_max_s, backoff_base_s * 2**attempt))``) up to
 ``max_retries`` times, then raise ``BackendTimeout``/``BackendUnavailable`` (the pool's
-retry path). 400/422 raise ``InvalidRequest``; 401/403/404 raise ``BackendUnavailable``
-naming the cause. The API key is read from the environment variable ``api_key_env`` at
+retry path). One request's chain of attempts has an overall ``deadline_s``, counted from
+its first attempt: past it the whole call raises ``DeadlineExceeded`` (final, not retried
+by the pool or Prefect), so a server that accepts and never answers fails a batch after
+about ``deadline_s``, whatever the timeouts and retries multiply to. 400/422 raise
+``InvalidRequest``; 401/403/404 raise ``BackendUnavailable`` naming the cause. The API key is read from the environment variable ``api_key_env`` at
 build time and only ever put in the Authorization header; it never appears in a message,
 log or ``repr``.
 """
@@ -35,6 +38,7 @@ from infra.backends.base import (
     BackendTimeout,
     BackendUnavailable,
     Completion,
+    DeadlineExceeded,
     GenRequest,
     GenResult,
     InvalidRequest,
@@ -49,6 +53,22 @@ class _Retry(Exception):
     def __init__(self, reason: str, delay: float | None = None, throttled: bool = False, timeout: bool = False):
         super().__init__(reason)
         self.delay, self.throttled, self.timeout = delay, throttled, timeout
+
+
+class _Chain:
+    """One request's attempts under its overall deadline, which starts when the first attempt
+    gets a concurrency slot (a request queued behind a full window has not started)."""
+
+    def __init__(self, deadline_s: float | None):
+        self.deadline_s = deadline_s
+        self.timeout = asyncio.timeout(None)
+        self.attempts = 0
+        self.last: _Retry | None = None
+
+    def attempt(self) -> None:
+        self.attempts += 1
+        if self.attempts == 1 and self.deadline_s is not None:
+            self.timeout.reschedule(asyncio.get_running_loop().time() + self.deadline_s)
 
 
 @dataclass
@@ -158,12 +178,13 @@ class OpenAIGenerator:
             finish = "stop" if r.stop else "eos"
         return Completion(text, finish, int(usage.get("completion_tokens") or 0), logprob), int(usage.get("prompt_tokens") or 0)
 
-    async def _attempt(self, client, limiter: AIMDLimiter, path: str, body: dict):
+    async def _attempt(self, client, limiter: AIMDLimiter, path: str, body: dict, chain: _Chain):
         import httpx
 
         u = self.usage
         u.attempts += 1
         await limiter.acquire()
+        chain.attempt()
         outcome = "error"
         try:
             resp = await client.post(self.base_url + path, json=body, headers=self._headers, timeout=self.cfg.request_timeout_s)
@@ -207,10 +228,23 @@ class OpenAIGenerator:
     async def _one(self, client, limiter: AIMDLimiter, r: GenRequest, j: int) -> tuple[Completion, int]:
         path, body = self._body(r, j)
         self.usage.requests += 1
-        last: _Retry | None = None
+        chain = _Chain(self.cfg.deadline_s)
+        try:
+            async with chain.timeout:
+                return await self._chain(client, limiter, r, path, body, chain)
+        except TimeoutError:
+            if not chain.timeout.expired():
+                raise
+            last = chain.last or f"none (attempt {chain.attempts} still waiting for an answer)"
+            raise DeadlineExceeded(
+                f"openai backend {self.base_url}{path} (model {self.cfg.model!r}): a request did not finish within "
+                f"deadline_s={self.cfg.deadline_s}s ({chain.attempts} attempts of at most {self.cfg.max_retries + 1}, "
+                f"request_timeout_s={self.cfg.request_timeout_s}); last error: {last}") from None
+
+    async def _chain(self, client, limiter: AIMDLimiter, r: GenRequest, path: str, body: dict, chain: _Chain):
         for attempt in range(self.cfg.max_retries + 1):
             try:
-                out = await self._attempt(client, limiter, path, body)
+                out = await self._attempt(client, limiter, path, body, chain)
                 try:
                     comp, prompt_tokens = self._parse(r, out)
                 except (KeyError, IndexError, TypeError, ValueError) as e:  # a well-formed JSON body of the wrong shape
@@ -219,14 +253,14 @@ class OpenAIGenerator:
                 self.usage.completion_tokens += comp.completion_tokens
                 return comp, prompt_tokens
             except _Retry as e:
-                last = e
+                chain.last = e
                 if attempt == self.cfg.max_retries:
                     break
                 self.usage.retries += 1
                 cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2**attempt)
                 await asyncio.sleep(e.delay if e.delay is not None else random.uniform(0, cap))
-        msg = f"{self.base_url}{path}: gave up after {self.cfg.max_retries + 1} attempts; last: {last}"
-        raise (BackendTimeout if last and last.timeout else BackendUnavailable)(msg)
+        msg = f"{self.base_url}{path}: gave up after {self.cfg.max_retries + 1} attempts; last: {chain.last}"
+        raise (BackendTimeout if chain.last and chain.last.timeout else BackendUnavailable)(msg)
 
     async def _generate(self, requests: list[GenRequest]) -> list[GenResult]:
         import httpx
@@ -234,17 +268,23 @@ class OpenAIGenerator:
         limiter = AIMDLimiter(self._limit, self.cfg.min_concurrency, self.cfg.max_concurrency, self.usage.limit_trace)
         limits = httpx.Limits(max_connections=self.cfg.max_concurrency, max_keepalive_connections=self.cfg.max_concurrency)
         async with httpx.AsyncClient(limits=limits) as client:
-            tasks = [[asyncio.create_task(self._one(client, limiter, r, j)) for j in range(r.n)] for r in requests]
+            tasks = [asyncio.create_task(self._one(client, limiter, r, j)) for r in requests for j in range(r.n)]
             try:
-                done = [await asyncio.gather(*ts) for ts in tasks]
-            except BaseException:
-                for ts in tasks:
-                    for t in ts:
-                        t.cancel()
-                await asyncio.gather(*(t for ts in tasks for t in ts), return_exceptions=True)
+                flat = await asyncio.gather(*tasks)  # the first failure of any request ends the batch
+            except BaseException as e:
+                finished = sum(t.done() and not t.cancelled() and t.exception() is None for t in tasks)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if isinstance(e, DeadlineExceeded):
+                    raise DeadlineExceeded(f"{e}; {finished} of the batch's {len(tasks)} samples had finished") from None
                 raise
             finally:
                 self._limit = limiter.limit
+        done, k = [], 0
+        for r in requests:
+            done.append(flat[k : k + r.n])
+            k += r.n
         return [GenResult([c for c, _ in outs], max(p for _, p in outs), {"model": self.model_name}) for outs in done]
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:

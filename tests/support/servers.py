@@ -5,6 +5,7 @@ GGUF over the OpenAI API. ``FaultServer``: an OpenAI-compatible server that prox
 upstream (or answers itself) and injects faults from a schedule — 429 bursts (with and
 without Retry-After), 500/503, slow responses past the client's timeout, connections
 dropped before the response, and garbled bodies — or caps concurrency with 429s.
+``HungServer``: accepts every connection and never answers (a wedged server).
 """
 
 from __future__ import annotations
@@ -149,3 +150,41 @@ class FaultServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class HungServer:
+    """Accepts TCP connections and never reads or answers them: a server that is up (the
+    connect succeeds) but wedged. ``accepted`` counts the connections it took."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.conns: list[socket.socket] = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    @property
+    def accepted(self) -> int:
+        return len(self.conns)
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.closed.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+        self.thread.join(timeout=5)
