@@ -10,6 +10,8 @@ shards whose inputs or settings changed, and nothing else.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import queue
 import secrets
 import socket
@@ -34,6 +36,19 @@ from tasks.report import build_report, qdc_rows
 
 class StageFailed(RuntimeError):
     """Some shards of a stage failed; the finished ones are kept."""
+
+
+class StageDeadlineExceeded(StageFailed):
+    """A stage ran past ``pool.stage_deadline_s``; its finished shards are kept."""
+
+
+def _deadline_error(cfg: RunConfig, sts: list[declared.Stage], finished: int, total: int) -> StageDeadlineExceeded:
+    """Free the stages' engines (their calls in flight fail at once) and name what ran out of time."""
+    backends = [st.backend(cfg) for st in sts if st.backend]
+    models = sorted({f"{b.kind}:{getattr(b, 'model', None) or getattr(b, 'checkpoint', None) or ''}" for b in backends})
+    return StageDeadlineExceeded(
+        f"{'+'.join(st.name for st in sts)} ran past pool.stage_deadline_s={cfg.pool.stage_deadline_s}s on "
+        f"{', '.join(models) or 'no backend'}: {finished} of {total} shards finished and are kept; resume to redo the rest")
 
 
 def new_run_id(name: str) -> str:
@@ -102,12 +117,17 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
             ensure_ray(cfg.pool)  # on this (the flow's) thread, not a task's
         futures = [task.submit(run_dir, s, config_hash) for s in shards]
         progress.report(st.name, 0, len(shards))
-        for fut in as_completed(futures):
-            try:
-                done.append(fut.result())
-            except Exception as e:  # a failed shard fails the stage after the others finish
-                failed.append(f"{type(e).__name__}: {e}")
-            progress.report(st.name, len(done) + len(failed), len(shards))
+        try:
+            for fut in as_completed(futures, timeout=cfg.pool.stage_deadline_s):
+                try:
+                    done.append(fut.result())
+                except Exception as e:  # a failed shard fails the stage after the others finish
+                    failed.append(f"{type(e).__name__}: {e}")
+                progress.report(st.name, len(done) + len(failed), len(shards))
+        except TimeoutError:
+            err = _deadline_error(cfg, [st], len(done), len(shards))
+            run_pools(run_dir).release_unneeded([], cfg.pool)
+            raise err from None
     if st.backend and cfg.scheduling == "barrier":
         close_pool(st.backend(cfg), cfg.pool, run_dir)  # the barrier baseline: every stage loads and frees its own engines
     if failed:
@@ -131,11 +151,13 @@ def _shard_task(st: declared.Stage, cfg: RunConfig):
 
 
 @flow(name="stream", flow_run_name="{label}")
-def stream_flow(run_dir: str, stages: list[str], label: str = "stream") -> dict[str, list[str]]:
-    """Run a group of stages that stream (``flows.stages.stream_groups``): every shard of the
-    first is submitted; as each shard of a stage commits, the shards it feeds in the stages
-    that stream from it (``shards_of``) are submitted at once, so a generation shard's routing,
-    self-correction and diversity run while other shards still generate, on the same engines.
+def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_inflight: int = 4) -> dict[str, list[str]]:
+    """Run a group of stages that stream (``flows.stages.stream_groups``): as each shard of a
+    stage commits, the shards it feeds in the stages that stream from it (``shards_of``) become
+    ready, so a generation shard's routing, self-correction and diversity run while other
+    shards still generate, on the same engines. At most ``max_inflight`` shard tasks run at
+    once (the task runner's threads), and a ready shard of a later stage goes before one of an
+    earlier stage: work flows through to the end instead of queueing behind every generation shard.
 
     Task runs keep their stage's name (``generation-00003``, ``self_correction-00003-000``), and
     each stage's progress is reported on its own. A failed shard's followers are not submitted;
@@ -157,24 +179,43 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream") -> dict[
     done: dict[str, list[str]] = {st.name: [] for st in sts}
     failed: dict[str, list[str]] = {st.name: [] for st in sts}
 
-    def submit(st: declared.Stage, shard: str) -> None:
-        fut = tasks[st.name].submit(run_dir, shard, hashes[st.name])
+    rank = {st.name: k for k, st in enumerate(sts)}
+    order = itertools.count()
+    ready: list[tuple[int, int, str, str]] = []  # (-rank, order, stage, shard): later stages first, so a shard goes all the way through
+
+    def push(st: declared.Stage, shard: str) -> None:
+        heapq.heappush(ready, (-rank[st.name], next(order), st.name, shard))
         total[st.name] += 1
+
+    def submit() -> None:
+        _, _, name, shard = heapq.heappop(ready)
+        st = sts[rank[name]]
+        fut = tasks[name].submit(run_dir, shard, hashes[name])
         fut.add_done_callback(lambda f: events.put((st, shard, f)))
 
     head_shards = head.shards(run_dir)
     _prune(store, head, head_shards)
+    limit = cfg.pool.stage_deadline_s
+    end = time.monotonic() + limit if limit else None
     with _host_slot(cfg, *sts):
         if any(st.backend for st in sts):
             ensure_ray(cfg.pool)
         for sh in head_shards:
-            submit(head, sh)
-        outstanding = len(head_shards)
+            push(head, sh)
         for st in sts:
             progress.report(st.name, 0, total[st.name])
-        while outstanding:
-            st, shard, fut = events.get()
-            outstanding -= 1
+        inflight = 0
+        while ready or inflight:
+            while ready and inflight < max_inflight:  # at most the runner's threads: a queued follower never waits behind every head shard
+                submit()
+                inflight += 1
+            try:
+                st, shard, fut = events.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                err = _deadline_error(cfg, sts, sum(map(len, done.values())), sum(total.values()))
+                run_pools(run_dir).release_unneeded([], cfg.pool)
+                raise err from None
+            inflight -= 1
             try:
                 done[st.name].append(fut.result())
             except Exception as e:  # a failed shard fails the group after the others finish; its followers never start
@@ -182,9 +223,8 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream") -> dict[
             else:
                 for f in followers.get(st.name, []):
                     for sh in f.shards_of(run_dir, shard):
-                        submit(f, sh)
-                        outstanding += 1
-                        progress.report(f.name, len(done[f.name]) + len(failed[f.name]), total[f.name])
+                        push(f, sh)
+                    progress.report(f.name, len(done[f.name]) + len(failed[f.name]), total[f.name])
             progress.report(st.name, len(done[st.name]) + len(failed[st.name]), total[st.name])
     errors = [e for st in sts for e in failed[st.name]]
     if errors:
@@ -307,7 +347,7 @@ def _run_stages(run_dir: str) -> dict:
             stage_flow.with_options(name=part[0].name, flow_run_name=part[0].name, task_runner=runner)(run_dir, part[0].name)
         else:
             label = "+".join(st.name for st in part)
-            stream_flow.with_options(task_runner=runner)(run_dir, [st.name for st in part], label)
+            stream_flow.with_options(task_runner=runner)(run_dir, [st.name for st in part], label, cfg.generation.concurrency)
         later = [st.backend(cfg) for p in parts[k + 1:] for st in p if st.backend]
         pools.release_unneeded(later, cfg.pool)  # engines no remaining stage needs
     catalog.refresh(store.data_root)

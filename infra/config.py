@@ -153,6 +153,10 @@ class PoolConfig(_Model):
         "on the chunk is killed. It bounds a hung engine that no backend deadline covers (vllm, llamacpp): under the "
         "defaults such a shard fails after 1800 s instead of batch_timeout_s * (max_retries + 1) * (shard_retries + 1) "
         "= 600 * 3 * 3 s = 90 minutes. Must be >= batch_timeout_s. None: no deadline.")
+    stage_deadline_s: Optional[float] = Field(
+        None, gt=0, description="Overall deadline of one stage (or one streaming group of stages) of a run, from its first "
+        "shard: past it the stage fails with StageDeadlineExceeded naming the stage and its backend, its engines are freed "
+        "and the shards it finished are kept (resume redoes the rest). None: no stage deadline.")
     startup_timeout_s: float = Field(300.0, gt=0, description="Actors must have built their backends within this (else the run fails fast).")
     host_concurrency_limit: Optional[str] = Field(
         None, description="Prefect global concurrency limit each model stage holds one slot of while it runs; '{host}' is "

@@ -148,6 +148,7 @@ class EnginePool:
         self.cfg = pool_cfg
         self._lock = threading.Lock()
         self._pgs: dict = {}
+        self.closed = False
         self.spawned = 0  # engine loads: actors started (each builds its engine once), replacements included
         self.actors = [self._spawn() for _ in range(backend_json_actors(self.backend_json, pool_cfg))]
         self._load = [0] * len(self.actors)  # requests in flight per actor (least-loaded dispatch)
@@ -195,6 +196,8 @@ class EnginePool:
 
     def _replace(self, i: int, old) -> None:
         with self._lock:
+            if self.closed:
+                raise BackendUnavailable(f"engine pool {self.model_name} was closed (its run or stage ended)")
             if self.actors[i] is old:
                 self._kill(old)
                 self.actors[i] = self._spawn()
@@ -279,9 +282,11 @@ class EnginePool:
         return [r for i, _ in chunks for r in out[i]]
 
     def close(self) -> None:
+        """Kill the actors; a call still in flight fails (no replacement is started)."""
+        with self._lock:
+            self.closed = True
         for a in self.actors:
             self._kill(a)
-        self.actors = []
 
 
 def _key(backend_cfg, pool_cfg: PoolConfig) -> str:
