@@ -328,6 +328,7 @@ def _run_stages(run_dir: str) -> dict:
     # (PR_SET_PDEATHSIG is per thread). GX imports meanwhile; actors are spawned by the
     # raylet, so on a new run the first model stage's backend loads while seeds are read and
     # validated. A resumed run loads nothing ahead: each stage builds what it needs.
+    t_start = time.monotonic()
     validation.preload()
     model_stages = [s for s in run if s.backend]
     pools = run_pools(run_dir)
@@ -352,7 +353,11 @@ def _run_stages(run_dir: str) -> dict:
         pools.release_unneeded(later, cfg.pool)  # engines no remaining stage needs
     catalog.refresh(store.data_root)
     summary = summarize(run_dir)
+    wall = time.monotonic() - t_start
     summary["pool_builds"], summary["engine_loads"] = pools.builds, pools.engine_loads
+    summary["engine_busy_share"] = round(pools.busy_seconds(t_start) / wall, 4) if wall else None  # >= 1 engine working
+    span = pools.busy_span()  # from the first engine call to the last: the model stages' share
+    summary["engine_busy_share_model_span"] = round(pools.busy_seconds(span[0]) / (span[1] - span[0]), 4) if span and span[1] > span[0] else None
     store.write_json("summary.json", summary)
     _publish(summary)
     if cfg.metrics.enabled:

@@ -149,6 +149,7 @@ class EnginePool:
         self._lock = threading.Lock()
         self._pgs: dict = {}
         self.closed = False
+        self.busy: list[tuple[float, float]] = []  # (start, end) of every call, time.monotonic(): when an engine was busy
         self.spawned = 0  # engine loads: actors started (each builds its engine once), replacements included
         self.actors = [self._spawn() for _ in range(backend_json_actors(self.backend_json, pool_cfg))]
         self._load = [0] * len(self.actors)  # requests in flight per actor (least-loaded dispatch)
@@ -247,6 +248,7 @@ class EnginePool:
             with self._lock:
                 for i, (a, b) in slots:
                     self._load[i] -= b - a
+                self.busy.append((t0, time.monotonic()))
 
     def _dispatch(self, method: str, chunks: list[tuple[int, list]], t0: float) -> list:
         """Send each (actor index, chunk); collect in order; resend a failed chunk on a fresh actor."""
@@ -333,6 +335,7 @@ class RunPools:
         self._building: dict[str, threading.Lock] = {}
         self.builds = 0
         self._closed_loads = 0
+        self._closed_busy: list[tuple[float, float]] = []
 
     def get(self, backend_cfg, pool_cfg: PoolConfig) -> EnginePool:
         key = _key(backend_cfg, pool_cfg)
@@ -368,6 +371,7 @@ class RunPools:
         if pool is None:
             return False
         self._closed_loads += pool.spawned
+        self._closed_busy += pool.busy
         pool.close()
         return True
 
@@ -380,8 +384,25 @@ class RunPools:
                 del self._pools[k]
         for _, p in gone:
             self._closed_loads += p.spawned
+            self._closed_busy += p.busy
             p.close()
         return [p.model_name for _, p in gone]
+
+    def busy_seconds(self, since: float = 0.0) -> float:
+        """Seconds (after ``since``, ``time.monotonic()``) during which at least one engine of
+        the run was working on a call: the union of every pool's call intervals."""
+        spans = sorted((max(a, since), b) for a, b in self._closed_busy + [x for p in list(self._pools.values()) for x in p.busy] if b > since)
+        total, end = 0.0, since
+        for a, b in spans:
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
+
+    def busy_span(self) -> tuple[float, float] | None:
+        """(first call start, last call end) over every pool of the run; None before any call."""
+        spans = self._closed_busy + [x for p in list(self._pools.values()) for x in p.busy]
+        return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
 
     @property
     def engine_loads(self) -> int:
