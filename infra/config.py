@@ -141,7 +141,17 @@ class PoolConfig(_Model):
     actors: int = Field(2, ge=1, le=1024, description="Long-lived Ray actors, each holding one backend instance.")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (= tensor-parallel size for vLLM).")
-    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
+    address: str | None = Field(
+        None, description="Ray cluster address (HEAD:6379 of `ray start --head`); None starts a local Ray. The driver "
+        "(this process) joins the cluster and writes all Parquet itself; see docs/cluster.md.")
+    placement: Literal["default", "spread"] = Field(
+        "default", description="Where Ray places the actors. default: Ray's hybrid policy (packs a node before the next); "
+        "spread: Ray's SPREAD strategy, the actors over as many nodes as fit (a lost node then takes fewer of them). "
+        "Ignored by vLLM engines with tensor parallelism, which are placed by their own one-node placement group.")
+    resources: Optional[dict[str, float]] = Field(
+        None, description="Ray custom resources each actor needs, e.g. {'sphere_worker': 1}: actors go only to nodes started "
+        "with them (`ray start --resources '{\"sphere_worker\": 4}'`). Declare them on several nodes so that an actor lost "
+        "with its node can be replaced on another. A local Ray (no address) has no custom resources.")
     max_retries: int = Field(2, ge=0, description="Times a batch is retried on a fresh actor after the actor dies or times out.")
     shard_retries: int = Field(
         2, ge=0, description="Times Prefect retries a model stage's shard task after an infrastructure error (BackendError) "
@@ -170,6 +180,15 @@ class PoolConfig(_Model):
         if self.call_deadline_s is not None and self.call_deadline_s < self.batch_timeout_s:
             raise ValueError(f"call_deadline_s ({self.call_deadline_s}) is shorter than batch_timeout_s ({self.batch_timeout_s}): "
                              "no batch could use its whole timeout; raise call_deadline_s or set it to null")
+        return self
+
+    @model_validator(mode="after")
+    def _plain_custom_resources(self) -> PoolConfig:
+        builtin = sorted(set(self.resources or {}) & {"CPU", "GPU", "memory", "object_store_memory"})
+        if builtin:
+            raise ValueError(f"pool.resources holds custom resources only; set {builtin} through pool.num_cpus / pool.num_gpus")
+        if any(v < 0 for v in (self.resources or {}).values()):
+            raise ValueError("pool.resources amounts must be >= 0")
         return self
 
 

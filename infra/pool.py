@@ -71,8 +71,19 @@ def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
     node, all or nothing), so a pool that does not fit fails at start-up instead of
     holding half its GPUs. ``pool.runtime_env`` gives the actors the GPU workers' own
     environment (pip/uv set or container image).
+
+    On a cluster, ``pool.resources`` (custom resources, e.g. ``{"sphere_worker": 1}``) keeps
+    the actors on the nodes that declare them, and ``pool.placement: spread`` spreads them
+    over those nodes (Ray's SPREAD strategy); a replacement for an actor lost with its node
+    goes through the same options, so it lands on any surviving node with room. A tensor
+    parallel engine keeps its placement group (its bundle carries the custom resources).
     """
     opts: dict = {"num_cpus": pool_cfg.num_cpus, "num_gpus": pool_cfg.num_gpus}
+    custom = dict(pool_cfg.resources or {})
+    if custom:
+        opts["resources"] = custom
+    if pool_cfg.placement == "spread":
+        opts["scheduling_strategy"] = "SPREAD"
     if backend_json.get("kind") == "vllm":
         tp = int(backend_json.get("tensor_parallel_size") or 1)
         gpus = backend_json.get("gpus_per_engine")
@@ -81,7 +92,8 @@ def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-            pg = placement_group([{"GPU": opts["num_gpus"], "CPU": max(pool_cfg.num_cpus, 1)}], strategy="STRICT_PACK")
+            bundle = {"GPU": opts["num_gpus"], "CPU": max(pool_cfg.num_cpus, 1), **custom}
+            pg = placement_group([bundle], strategy="STRICT_PACK")
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
     if pool_cfg.runtime_env:
         opts["runtime_env"] = pool_cfg.runtime_env
@@ -165,8 +177,9 @@ class EnginePool:
         self.spawned += 1
         opts = actor_options(self.backend_json, self.cfg)
         actor = BackendActor.options(**opts).remote(self.backend_json)
-        if "scheduling_strategy" in opts:  # the actor's GPU reservation, released with it
-            self._pgs[actor] = opts["scheduling_strategy"].placement_group
+        pg = getattr(opts.get("scheduling_strategy"), "placement_group", None)
+        if pg is not None:  # the actor's GPU reservation, released with it ("SPREAD" has none)
+            self._pgs[actor] = pg
         return actor
 
     def _kill(self, actor) -> None:
@@ -278,7 +291,18 @@ class EnginePool:
             if attempts[i] > self.cfg.max_retries:
                 raise BackendError(f"chunk failed {attempts[i]} times; last: {reason}") from None
             log.warning("engine pool: %s; retrying chunk %d on a fresh actor (attempt %d)", reason, i, attempts[i])
-            self._replace(i, actor)
+            while True:  # a replacement that fails to start (e.g. placed on a node Ray has not yet marked dead) is another attempt
+                try:
+                    self._replace(i, actor)
+                    break
+                except BackendUnavailable as e:
+                    if self.closed:
+                        raise
+                    attempts[i] += 1
+                    if attempts[i] > self.cfg.max_retries:
+                        raise BackendError(f"chunk failed {attempts[i]} times; last: {e}") from None
+                    log.warning("engine pool: replacement actor failed to start (%s); another (attempt %d)", e, attempts[i])
+                    actor = self.actors[i]
             chunk = dict(chunks)[i]
             pending[i] = (self.actors[i], getattr(self.actors[i], method).remote(chunk))
         return [r for i, _ in chunks for r in out[i]]

@@ -65,6 +65,21 @@ def test_actor_options_size_engines_by_tensor_parallelism(ray_local):
         remove_placement_group(pg)
 
 
+def test_actor_options_carry_custom_resources_and_the_spread_strategy(ray_local):
+    pool = PoolConfig(num_cpus=2, placement="spread", resources={"sphere_worker": 1})
+    tiny = actor_options(TinyBackend().model_dump(), pool)
+    assert tiny["resources"] == {"sphere_worker": 1} and tiny["scheduling_strategy"] == "SPREAD"
+    assert "resources" not in actor_options(TinyBackend().model_dump(), PoolConfig())
+    tp = actor_options(VLLMBackend(model="m", tensor_parallel_size=2).model_dump(), pool)
+    pg = tp["scheduling_strategy"].placement_group  # tensor parallel: its placement group, not SPREAD
+    try:
+        assert pg.bundle_specs == [{"GPU": 2.0, "CPU": 2.0, "sphere_worker": 1.0}] and tp["resources"] == {"sphere_worker": 1}
+    finally:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+
+
 def test_data_parallel_variables_are_cleared_before_the_engine_starts(monkeypatch):
     from infra.backends.vllm import VLLMGenerator
 

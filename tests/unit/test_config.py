@@ -94,3 +94,11 @@ def test_every_field_refuses_an_invalid_value_with_a_message_naming_it(tmp_path,
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert str(bad) in str(e.value) and path.split(".")[-1] in str(e.value)
+
+
+@pytest.mark.parametrize("resources, words", [({"CPU": 1}, "pool.num_cpus"), ({"sphere_worker": -1}, ">= 0")])
+def test_pool_resources_are_custom_resources_only(tmp_path, resources, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"pool": {"resources": resources}}))
+    with pytest.raises(ConfigError, match=words):
+        load_config(bad)
