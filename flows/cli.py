@@ -126,7 +126,8 @@ def run(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
-    with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    hint = f"finished shards are kept; resume with: sphere run --resume {run_id} --data-root {root}"
+    with _lifetime(hint), Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, int] = {}
 
         def on_progress(stage: str, done: int, total: int) -> None:
@@ -139,7 +140,7 @@ def run(
             summary = sphere_run(config_path=str(path), run_id=run_id, data_root=str(root), overrides=overrides)
         except Exception as e:
             console.print(f"[red]run {run_id} failed: {type(e).__name__}: {e}[/red]")
-            console.print(f"finished shards are kept; resume with: sphere run --resume {run_id} --data-root {root}")
+            console.print(hint, soft_wrap=True)
             raise typer.Exit(1)
         finally:
             progress.install(None)
@@ -184,6 +185,14 @@ def query(
     _print_table(t, fmt, out)
 
 
+def _lifetime(hint: str):
+    """Whatever the command starts (Prefect server, Ray, verifier workers) ends with it, and
+    SIGTERM/Ctrl-C stop it within seconds, printing ``hint`` (``infra.lifetime``)."""
+    from infra import lifetime
+
+    return lifetime.guard(hint, notify=lambda text: console.print(text, style="yellow", markup=False, highlight=False, soft_wrap=True))
+
+
 def _data_root(option: Optional[Path], config_root: str | None = None) -> Path:
     """--data-root, else $SPHERE_DATA_ROOT, else the config's data_root, else ``data``."""
     return (option or Path(os.environ.get("SPHERE_DATA_ROOT") or config_root or "data")).resolve()
@@ -215,7 +224,8 @@ def rerun(
         raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names())}")
     run_dir = _run_dir(run_id, data_root)
     try:
-        summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
+        with _lifetime(f"finished shards are kept; run it again: sphere rerun {run_id} --stage {stage} --data-root {_data_root(data_root)}"):
+            summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
     except Exception as e:
         console.print(f"[red]rerun of {stage} failed: {type(e).__name__}: {e}[/red]")
         raise typer.Exit(1)
@@ -303,7 +313,9 @@ def sweep(
     root = _data_root(data_root, cfg.data_root)
     console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
     try:
-        record = sphere_sweep(config_path=str(config), grid=parsed, sweep_id=sweep_id, data_root=str(root), overrides=overrides)
+        with _lifetime(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} --data-root {root} "
+                       + " ".join(f"--grid {g}" for g in grid)):
+            record = sphere_sweep(config_path=str(config), grid=parsed, sweep_id=sweep_id, data_root=str(root), overrides=overrides)
     except (SweepError, ConfigError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
@@ -349,7 +361,8 @@ def evolve(
         raise typer.Exit(2)
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
     try:
-        record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides)
+        with _lifetime(f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"):
+            record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides)
     except (EvolveError, TrainError, ValueError) as e:
         console.print(f"[red]evolve {evolve_id} stopped: {e}[/red]")
         console.print(f"resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}")
