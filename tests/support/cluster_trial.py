@@ -38,7 +38,7 @@ from infra.env import apply_offline_env
 apply_offline_env()
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
-WORKERS = 2  # worker nodes; each fits two actors, so one survivor can hold the whole pool
+WORKERS = 2  # worker nodes; each fits four actors, so one survivor can hold both pools of a streaming run (2 actors each)
 SHARDS = 8
 
 
@@ -133,7 +133,7 @@ def main(out: Path, reference: bool = True) -> dict:
                               "health_check_timeout_ms": 3000, "health_check_failure_threshold": 5}
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "_system_config": fast_failure_detection})
-    workers = [cluster.add_node(num_cpus=2, resources={"sphere_worker": 2}) for _ in range(WORKERS)]
+    workers = [cluster.add_node(num_cpus=4, resources={"sphere_worker": 4}) for _ in range(WORKERS)]
     cluster.wait_for_nodes()
     importer.join()
     from flows.pipeline import sphere_run
