@@ -4,7 +4,8 @@ For each size, a file is generated in a temp dir (distinct problems, plus a few
 malformed rows and duplicates mixed in: one bad row in 2,000), then a fresh subprocess
 opens a real run dir and calls the stage itself (``tasks.seeds.seeds_task.fn``). The GX
 context is built first, as ``sphere run`` does in the background (``validation.preload``),
-so ``wall`` is the stage alone; ``total`` is the child's whole life (imports included).
+so ``wall`` is the stage alone; ``cpu`` is its CPU time (all threads: on a shared machine
+``rows / cpu`` is the steadier figure); ``total`` is the child's whole life (imports included).
 Peak RSS is the child's ``ru_maxrss``. A second call on the same run dir after deleting
 the stage marker measures a resume with every shard committed (``resume``: nothing rewritten).
 
@@ -36,7 +37,7 @@ BAD_ROWS = [
 ]
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
 from infra.env import apply_offline_env
@@ -50,11 +51,11 @@ store = RunStore(__import__("pathlib").Path(sys.argv[2]), "bench")
 if not store.exists():
     store.save_config(RunConfig.model_validate({"seeds": {"kind": "file", "paths": [sys.argv[3]]},
                                                 "generation": {"shard_size": int(sys.argv[4])}}).model_dump(mode="json"))
-t = time.perf_counter()
+t, c = time.perf_counter(), os.times()
 seeds_task.fn(str(store.run_dir), "00000", "bench")
-wall = time.perf_counter() - t
+wall, c2 = time.perf_counter() - t, os.times()
 m = json.loads((store.run_dir / "_done" / "seeds.manifest.json").read_text())
-print(json.dumps({"wall": wall, "total": time.perf_counter() - t0, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+print(json.dumps({"wall": wall, "cpu": c2.user - c.user + c2.system - c.system, "total": time.perf_counter() - t0, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "shards": len(m["shards"]), "problems": m["problems"], "quarantined": m["quarantined"]}))
 """
 
@@ -108,10 +109,11 @@ def main() -> None:
             again = run_child(work / f"data-{n}", seeds, args.shard_size)
             assert first["problems"] + first["quarantined"] == n and again["shards"] == first["shards"]
             rows.append({"rows": n, **first, "resume": again["wall"]})
-        print(f"{'rows':>9} {'wall s':>7} {'rows/s':>8} {'peak RSS MB':>11} {'shards':>6} {'quarantined':>11} {'total s':>7} {'resume s':>8}")
+        print(f"{'rows':>9} {'wall s':>7} {'rows/s':>8} {'cpu s':>6} {'rows/cpu s':>10} {'peak RSS MB':>11} {'shards':>6} "
+              f"{'quarantined':>11} {'total s':>7} {'resume s':>8}")
         for r in rows:
-            print(f"{r['rows']:>9,} {r['wall']:>7.1f} {r['rows'] / r['wall']:>8,.0f} {r['rss_kb'] / 1024:>11.0f} {r['shards']:>6,} "
-                  f"{r['quarantined']:>11,} {r['total']:>7.1f} {r['resume']:>8.1f}")
+            print(f"{r['rows']:>9,} {r['wall']:>7.1f} {r['rows'] / r['wall']:>8,.0f} {r['cpu']:>6.1f} {r['rows'] / r['cpu']:>10,.0f} "
+                  f"{r['rss_kb'] / 1024:>11.0f} {r['shards']:>6,} {r['quarantined']:>11,} {r['total']:>7.1f} {r['resume']:>8.1f}")
         if len(rows) > 1:
             print(f"rss_{rows[-1]['rows']:,} / rss_{rows[0]['rows']:,} = {rows[-1]['rss_kb'] / rows[0]['rss_kb']:.2f}")
 

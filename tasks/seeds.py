@@ -38,7 +38,7 @@ STAGE = "seeds"
 
 QUARANTINE_ROW_CHARS = 4000
 SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet")
-BATCH_ROWS = 20_000  # rows read before their duplicates are settled and the batch is handed on
+BATCH_ROWS = 5_000  # rows read before their duplicates are settled and the batch is handed on
 BATCH_CHARS = 32 << 20  # ... or fewer, once their text passes this many characters
 _INTEGER = re.compile(r"-?\d{1,18}")  # a GSM8K gold that check_gold always accepts (the common case, checked fast)
 
@@ -168,7 +168,7 @@ def _parse(cfg: FileSeeds, run_id: str, src: str, row: dict | None, raw: str | N
         return {"bad": _bad(run_id, src, rejected, raw, row)}
     problem = {"run_id": run_id, "problem_id": problem_id(q, gold), "source": src, "source_id": sid, "question": q,
                "gold_answer": gold, "reference_solution": solution, "n_ops": None}
-    return {"problem": problem, "raw": raw, "row": row if raw is None else None}
+    return {"problem": problem, "raw": None if raw is None else raw[:QUARANTINE_ROW_CHARS], "row": row if raw is None else None}
 
 
 def _settle(pending: list[dict], seen: ProblemIdSet, run_id: str, limit: int | None) -> tuple[list[dict], list[dict]]:
