@@ -35,6 +35,7 @@ class Outcome:
     good: pa.Table
     bad_rows: list[dict]  # each: the row (as dict), "check", "reason"
     results: list[dict] = field(default_factory=list)
+    bad_positions: list[int] = field(default_factory=list)  # row index in the input of each bad row, ascending
 
     @property
     def failure_share(self) -> float:
@@ -175,4 +176,4 @@ def validate(table_name: str, table: pa.Table, extra: dict[str, list] | None = N
     positions = sorted(failed)
     keep = [i for i in range(table.num_rows) if i not in failed]
     bad_rows = [{"row": table.slice(i, 1).to_pylist()[0], "check": failed[i][0], "reason": "; ".join(failed[i])} for i in positions]
-    return Outcome(table.take(pa.array(keep, type=pa.int64())), bad_rows, results)
+    return Outcome(table.take(pa.array(keep, type=pa.int64())), bad_rows, results, positions)

@@ -1,16 +1,22 @@
 """Seed problems: the built-in generator, or GSM8K/MATH-style JSONL and Parquet files.
 
-``load_seeds(cfg, run_id) -> (problems, quarantine)`` is pure given the files. A row that
-cannot become a problem (over the size limit, not UTF-8, not JSON, not an object, missing
-or empty question, missing answer, gold answer that cannot be parsed, a gold that is not
-valid for its format (``tasks.answers.check_gold``: a GSM8K gold that is not a number, a
-MATH gold with unbalanced braces...), a duplicate of an earlier problem) goes to ``quarantine`` with the check that failed, a reason and its
-source (``path:line``); the rest load. Problem ids are content hashes of (question, gold).
+``seed_batches(cfg, run_id)`` streams the seeds as (problems, quarantine) batches, pure
+given the files; ``load_seeds`` is all of them at once. A row that cannot become a problem
+(over the size limit, not UTF-8, not JSON, not an object, missing or empty question,
+missing answer, gold answer that cannot be parsed, a gold that is not valid for its format
+(``tasks.answers.check_gold``: a GSM8K gold that is not a number, a MATH gold with
+unbalanced braces...), a duplicate of an earlier problem) goes to ``quarantine`` with the
+check that failed, a reason and its source (``path:line``); the rest load. Problem ids
+are content hashes of (question, gold).
+
+``seeds_task`` is the stage: it hands the batches to ``tasks.seed_shards.SeedShardWriter``,
+which writes validated ``problems`` shards as they fill.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -25,10 +31,16 @@ from infra.storage import file_sha256
 from infra.tiny.worldgen import Difficulty, generate
 from tasks.answers import ANSWER_RE, check_gold, last_boxed, normalize_gold
 from tasks.common import RunContext
+from tasks.seed_ids import ProblemIdSet
+from tasks.seed_shards import SeedShardWriter, shard_key
 
 STAGE = "seeds"
 
 QUARANTINE_ROW_CHARS = 4000
+SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet")
+BATCH_ROWS = 5_000  # rows read before their duplicates are settled and the batch is handed on
+BATCH_CHARS = 32 << 20  # ... or fewer, once their text passes this many characters
+_INTEGER = re.compile(r"-?\d{1,18}")  # a GSM8K gold that check_gold always accepts (the common case, checked fast)
 
 
 class SeedError(ValueError):
@@ -79,7 +91,7 @@ def _raw_rows(path: Path, max_bytes: int) -> Iterator[tuple[str, dict | None, st
                 n += 1
                 yield f"{path}:{n}", row, None, None
         return
-    if suffix not in (".jsonl", ".json", ".ndjson"):
+    if suffix not in SUFFIXES:
         raise SeedError(f"{path}: unsupported seed file type {suffix!r} (use .jsonl or .parquet)")
     with open(path, "rb") as f:
         for n, line in enumerate(f, start=1):
@@ -118,7 +130,7 @@ def _gold(cfg: FileSeeds, answer: str) -> str:
         gold = normalize_gold(boxed) if boxed else None
         if gold is None:
             raise RowRejected("unparseable_gold", f"no \\boxed{{...}} answer in {cfg.answer_field!r}")
-    why = check_gold(gold, cfg.format)
+    why = None if cfg.format == "gsm8k" and _INTEGER.fullmatch(gold) else check_gold(gold, cfg.format)
     if why:
         raise RowRejected("invalid_gold", why)
     return gold
@@ -137,57 +149,108 @@ def _problem(cfg: FileSeeds, row: dict) -> tuple[str, str, str, str | None]:
     return q.strip(), _gold(cfg, a), a, None if sid is None else str(sid)
 
 
-def file_problems(cfg: FileSeeds, run_id: str) -> tuple[pa.Table, pa.Table]:
-    rows, bad, seen = [], [], set()
-    for p in cfg.paths:
-        path = Path(p)
+def _bad(run_id: str, src: str, rejected: RowRejected, raw: str | None, row: dict | None) -> dict:
+    text = raw if raw is not None else json.dumps(row, default=str, ensure_ascii=False)
+    return {"run_id": run_id, "stage": STAGE, "table": "problems", "source": src, "check": rejected.check,
+            "reason": str(rejected), "row": text[:QUARANTINE_ROW_CHARS]}
+
+
+def _parse(cfg: FileSeeds, run_id: str, src: str, row: dict | None, raw: str | None,
+           rejected: RowRejected | None) -> dict:
+    """One row checked on its own: ``{"bad": quarantine row}`` or ``{"problem": problems row}``
+    (plus what a duplicate's quarantine row needs). Duplicates are found later, a batch at a time."""
+    if rejected is None:
+        try:
+            q, gold, solution, sid = _problem(cfg, row)
+        except RowRejected as e:
+            rejected = e
+    if rejected is not None:
+        return {"bad": _bad(run_id, src, rejected, raw, row)}
+    problem = {"run_id": run_id, "problem_id": problem_id(q, gold), "source": src, "source_id": sid, "question": q,
+               "gold_answer": gold, "reference_solution": solution, "n_ops": None}
+    return {"problem": problem, "raw": None if raw is None else raw[:QUARANTINE_ROW_CHARS], "row": row if raw is None else None}
+
+
+def _settle(pending: list[dict], seen: ProblemIdSet, run_id: str, limit: int | None) -> tuple[list[dict], list[dict]]:
+    """(problems, quarantine rows) of a batch in file order: a problem whose id is in ``seen``
+    or earlier in the batch is a ``duplicate_problem``; at most ``limit`` problems are taken
+    and the rows after the last one taken are dropped. The taken ids join ``seen``."""
+    ids = [p["problem"]["problem_id"] for p in pending if "problem" in p]
+    known = iter(seen.contains(ids).tolist())
+    rows, bad, batch = [], [], set()
+    for p in pending:
+        if "bad" in p:
+            bad.append(p["bad"])
+            continue
+        pid = p["problem"]["problem_id"]
+        if next(known) or pid in batch:
+            why = RowRejected("duplicate_problem", f"same question and gold as an earlier row (problem {pid})")
+            bad.append(_bad(run_id, p["problem"]["source"], why, p["raw"], p["row"]))
+            continue
+        batch.add(pid)
+        rows.append(p["problem"])
+        if limit is not None and len(rows) >= limit:
+            break
+    seen.add(list(batch))
+    return rows, bad
+
+
+def _check_paths(cfg: FileSeeds) -> list[Path]:
+    """The seed files, checked before anything is read: SeedError for a missing file or an unknown type."""
+    paths = [Path(p) for p in cfg.paths]
+    for path in paths:
         if not path.is_file():
             raise SeedError(f"seed file not found: {path}")
+        if path.suffix.lower() not in SUFFIXES:
+            raise SeedError(f"{path}: unsupported seed file type {path.suffix.lower()!r} (use .jsonl or .parquet)")
+    return paths
+
+
+def file_batches(cfg: FileSeeds, run_id: str, batch_rows: int | None = None) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """The rows of the seed files as (problems, quarantine) batches, in file order.
+
+    Each batch covers at most ``batch_rows`` (default ``BATCH_ROWS``) rows (fewer when their text passes
+    ``BATCH_CHARS``); memory is bounded by a batch plus 10 bytes per problem (the ids seen,
+    ``ProblemIdSet``). ``cfg.limit`` caps the problems over all files: reading stops at the
+    row that reaches it. The concatenated batches do not depend on ``batch_rows``."""
+    paths = _check_paths(cfg)
+    batch_rows = batch_rows or BATCH_ROWS
+    seen, left = ProblemIdSet(), cfg.limit
+    pending: list[dict] = []
+    chars = candidates = 0
+    for path in paths:
         for src, row, raw, rejected in _raw_rows(path, cfg.max_row_bytes):
-            if rejected is None:
-                try:
-                    q, gold, solution, sid = _problem(cfg, row)
-                    pid = problem_id(q, gold)
-                    if pid in seen:
-                        raise RowRejected("duplicate_problem", f"same question and gold as an earlier row (problem {pid})")
-                except RowRejected as e:
-                    rejected = e
-            if rejected is not None:
-                text = raw if raw is not None else json.dumps(row, default=str, ensure_ascii=False)
-                bad.append(
-                    {
-                        "run_id": run_id,
-                        "stage": "seeds",
-                        "table": "problems",
-                        "source": src,
-                        "check": rejected.check,
-                        "reason": str(rejected),
-                        "row": text[:QUARANTINE_ROW_CHARS],
-                    }
-                )
-                continue
-            seen.add(pid)
-            rows.append(
-                {
-                    "run_id": run_id,
-                    "problem_id": pid,
-                    "source": src,
-                    "source_id": sid,
-                    "question": q,
-                    "gold_answer": gold,
-                    "reference_solution": solution,
-                    "n_ops": None,
-                }
-            )
-            if cfg.limit and len(rows) >= cfg.limit:
-                break
-    return from_rows(rows, "problems"), from_rows(bad, "quarantine")
+            p = _parse(cfg, run_id, src, row, raw, rejected)
+            pending.append(p)
+            chars += len(raw or "") + (len(p["problem"]["question"]) + len(p["problem"]["reference_solution"]) if "problem" in p else 0)
+            candidates += "problem" in p
+            if len(pending) >= batch_rows or chars >= BATCH_CHARS or (left is not None and candidates >= left):
+                rows, bad = _settle(pending, seen, run_id, left)
+                yield from_rows(rows, "problems"), from_rows(bad, "quarantine")
+                if left is not None:
+                    left -= len(rows)
+                    if left <= 0:
+                        return
+                pending, chars, candidates = [], 0, 0
+    if pending:
+        rows, bad = _settle(pending, seen, run_id, left)
+        yield from_rows(rows, "problems"), from_rows(bad, "quarantine")
+
+
+def seed_batches(cfg: BuiltinSeeds | FileSeeds, run_id: str, batch_rows: int | None = None) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """(problems, quarantine) batches of any seed source (built-in seeds: one batch)."""
+    if isinstance(cfg, BuiltinSeeds):
+        yield builtin_problems(cfg, run_id), from_rows([], "quarantine")
+        return
+    yield from file_batches(cfg, run_id, batch_rows)
 
 
 def load_seeds(cfg: BuiltinSeeds | FileSeeds, run_id: str) -> tuple[pa.Table, pa.Table]:
-    if isinstance(cfg, BuiltinSeeds):
-        return builtin_problems(cfg, run_id), from_rows([], "quarantine")
-    return file_problems(cfg, run_id)
+    """All the seeds at once: (problems, quarantine). For small sources (evaluation sets, benches);
+    the seeds stage streams ``seed_batches`` instead."""
+    batches = list(seed_batches(cfg, run_id))
+    return (pa.concat_tables([b[0] for b in batches] or [from_rows([], "problems")]),
+            pa.concat_tables([b[1] for b in batches] or [from_rows([], "quarantine")]))
 
 
 def source_hash(cfg: BuiltinSeeds | FileSeeds) -> str:
@@ -197,9 +260,9 @@ def source_hash(cfg: BuiltinSeeds | FileSeeds) -> str:
     return ",".join(file_sha256(Path(p)) if Path(p).is_file() else f"missing:{p}" for p in cfg.paths)
 
 
-def shard_problems(problems: pa.Table, size: int) -> dict[str, pa.Table]:
-    """Consecutive shards of ``size`` problems, keyed ``00000``, ``00001``, ..."""
-    return {f"{k:05d}": problems.slice(start, size) for k, start in enumerate(range(0, problems.num_rows, size))}
+def shard_problems(problems: pa.Table, size: int, first: int = 0) -> dict[str, pa.Table]:
+    """Consecutive shards of ``size`` problems, keyed ``shard_key(first)``, ``shard_key(first + 1)``, ..."""
+    return {shard_key(first + k): problems.slice(start, size) for k, start in enumerate(range(0, problems.num_rows, size))}
 
 
 def manifest_shards(run_dir: str) -> list[str]:
@@ -210,22 +273,21 @@ def manifest_shards(run_dir: str) -> list[str]:
 
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
 def seeds_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Load seeds, quarantine bad rows, write validated ``problems`` shards of
-    ``generation.shard_size`` and ``_done/seeds.manifest.json`` listing them; shards of an
-    earlier, different sharding are moved aside. Returns the manifest path."""
+    """Stream the seeds, quarantine bad rows, write validated ``problems`` shards of
+    ``generation.shard_size`` as they fill (a shard whose marker has this fingerprint is
+    kept, not rewritten) and, last, ``_done/seeds.manifest.json`` listing them; shards of
+    an earlier, different sharding are moved aside. Returns the manifest path."""
     ctx = RunContext.open(run_dir)
     cfg: RunConfig = ctx.cfg
     fp = {**ctx.fingerprint(config_hash, []), "source": source_hash(cfg.seeds)}
     if not ctx.is_done(STAGE, shard, fp):
-        problems, bad = load_seeds(cfg.seeds, ctx.run_id)
-        ctx.store.write("quarantine", "seeds-parse", "00000", bad, fingerprint=fp)
-        if problems.num_rows == 0:
-            raise SeedError(f"no valid problems in the seeds: {bad.num_rows} rows quarantined (sphere query "
+        with SeedShardWriter(ctx, STAGE, fp, cfg.generation.shard_size) as writer:
+            for problems, bad in seed_batches(cfg.seeds, ctx.run_id):
+                writer.add(problems, bad)
+            done = writer.close()
+        if done.problems == 0:
+            raise SeedError(f"no valid problems in the seeds: {done.quarantined} rows quarantined (sphere query "
                             f"\"select source, reason from quarantine where run_id = '{ctx.run_id}'\")")
-        shards = shard_problems(problems, cfg.generation.shard_size)
-        for sh, part in shards.items():
-            ctx.persist("problems", STAGE, sh, part, fingerprint=fp)
-        ctx.store.prune("problems", STAGE, list(shards))
-        ctx.store.write_json(f"_done/{STAGE}.manifest.json", {"shards": list(shards), "problems": problems.num_rows, "quarantined": bad.num_rows})
+        ctx.store.write_json(f"_done/{STAGE}.manifest.json", {"shards": done.shards, "problems": done.problems, "quarantined": done.quarantined})
         ctx.store.mark_stage_done(STAGE, shard, fp, [])
     return str(ctx.store.run_dir / "_done" / f"{STAGE}.manifest.json")
