@@ -300,9 +300,10 @@ class RunStore:
     def prune(self, table_name: str, stage: str, keep: list[str]) -> list[str]:
         """Supersede the finished shards of ``table/stage`` that are not in ``keep`` (left
         from an earlier sharding of the same stage). Returns the shards moved aside."""
+        keep_set = set(keep)
         parts = sorted((self.run_dir / table_name / stage).glob("part-*.parquet"))
         stale = [sh for sh in (f.stem.removeprefix("part-") for f in parts)
-                 if sh not in set(keep) and self.marker_path(table_name, stage, sh).is_file()]
+                 if sh not in keep_set and self.marker_path(table_name, stage, sh).is_file()]
         if stale:
             self.supersede([p for sh in stale for p in (self.part_path(table_name, stage, sh),
                                                           self.marker_path(table_name, stage, sh))], f"stale-{stage}")
