@@ -155,9 +155,10 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
     """Run a group of stages that stream (``flows.stages.stream_groups``): as each shard of a
     stage commits, the shards it feeds in the stages that stream from it (``shards_of``) become
     ready, so a generation shard's routing, self-correction and diversity run while other
-    shards still generate, on the same engines. At most ``max_inflight`` shard tasks run at
-    once (the task runner's threads), and a ready shard of a later stage goes before one of an
-    earlier stage: work flows through to the end instead of queueing behind every generation shard.
+    shards still generate, on the same engines. At most ``max_inflight`` model shards and one
+    CPU shard (routing) run at once (the task runner has ``max_inflight + 1`` threads), and a
+    ready shard of a later stage goes before one of an earlier stage: work flows through to the
+    end instead of queueing behind every generation shard, and CPU work overlaps model work.
 
     Task runs keep their stage's name (``generation-00003``, ``self_correction-00003-000``), and
     each stage's progress is reported on its own. A failed shard's followers are not submitted;
@@ -181,15 +182,19 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
 
     rank = {st.name: k for k, st in enumerate(sts)}
     order = itertools.count()
-    ready: list[tuple[int, int, str, str]] = []  # (-rank, order, stage, shard): later stages first, so a shard goes all the way through
+    # Ready shards, (-rank, order, stage, shard): later stages first, so a shard goes all the way
+    # through. Model shards and CPU shards (routing) wait apart: a CPU shard never waits for a model slot.
+    ready: dict[bool, list[tuple[int, int, str, str]]] = {True: [], False: []}
+    inflight = {True: 0, False: 0}
 
     def push(st: declared.Stage, shard: str) -> None:
-        heapq.heappush(ready, (-rank[st.name], next(order), st.name, shard))
+        heapq.heappush(ready[st.backend is not None], (-rank[st.name], next(order), st.name, shard))
         total[st.name] += 1
 
-    def submit() -> None:
-        _, _, name, shard = heapq.heappop(ready)
+    def submit(model: bool) -> None:
+        _, _, name, shard = heapq.heappop(ready[model])
         st = sts[rank[name]]
+        inflight[model] += 1
         fut = tasks[name].submit(run_dir, shard, hashes[name])
         fut.add_done_callback(lambda f: events.put((st, shard, f)))
 
@@ -204,18 +209,18 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
             push(head, sh)
         for st in sts:
             progress.report(st.name, 0, total[st.name])
-        inflight = 0
-        while ready or inflight:
-            while ready and inflight < max_inflight:  # at most the runner's threads: a queued follower never waits behind every head shard
-                submit()
-                inflight += 1
+        while ready[True] or ready[False] or inflight[True] or inflight[False]:
+            while ready[True] and inflight[True] < max_inflight:  # a queued follower never waits behind every head shard
+                submit(True)
+            while ready[False] and inflight[False] < 1:  # CPU shards one at a time, beside the model shards
+                submit(False)
             try:
                 st, shard, fut = events.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
             except queue.Empty:
                 err = _deadline_error(cfg, sts, sum(map(len, done.values())), sum(total.values()))
                 run_pools(run_dir).release_unneeded([], cfg.pool)
                 raise err from None
-            inflight -= 1
+            inflight[st.backend is not None] -= 1
             try:
                 done[st.name].append(fut.result())
             except Exception as e:  # a failed shard fails the group after the others finish; its followers never start
@@ -336,7 +341,7 @@ def _run_stages(run_dir: str) -> dict:
         ensure_ray(cfg.pool, total_need([s.backend(cfg) for s in model_stages], cfg.pool))
         if not _started(store, model_stages[0]):
             prewarm(model_stages[0].backend(cfg), cfg.pool, run_dir)
-    runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)
+    runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency + (cfg.scheduling == "streaming"))  # + a CPU-shard thread
     parts = [p for g in declared.stream_groups(run) for p in _fitting(g, cfg)] if cfg.scheduling == "streaming" else [[st] for st in run]
     for k, part in enumerate(parts):
         needed = [st.backend(cfg) for st in part if st.backend]
