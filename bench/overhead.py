@@ -34,9 +34,10 @@ apply_offline_env()
 def baseline(cfg, run_id: str, shard_size: int) -> tuple[float, list]:
     import torch
 
+    from flows.stages import get
     from infra.backends import build_backend
-    from infra.prompts import load_template
-    from tasks.generation import STAGE_SECTIONS, self_generate
+    from tasks.engine import Engine
+    from tasks.generation import self_generate
     from tasks.scorers import build_scorer
     from tasks.seeds import load_seeds
 
@@ -44,13 +45,11 @@ def baseline(cfg, run_id: str, shard_size: int) -> tuple[float, list]:
     torch.set_num_threads(1)
     backend = build_backend(cfg.policy)
     problems, _ = load_seeds(cfg.seeds, run_id)
-    template = load_template(cfg.generation.prompt_template)
+    engine = Engine(backend.generate, build_scorer(cfg.scorer, backend.generate, cfg.search, cfg.seed), cfg.search, cfg.seed,
+                    cfg.scorer.unknown_score, backend.model_name, run_id, get("generation").config_hash(cfg))
     texts = []
     for start in range(0, problems.num_rows, shard_size):
-        chains = self_generate(
-            problems.slice(start, shard_size), backend.generate, build_scorer(cfg.scorer, backend.generate, cfg.search, cfg.seed), cfg, run_id=run_id,
-            model=backend.model_name, template=template, config_hash=cfg.stage_hash(*STAGE_SECTIONS),
-        )
+        chains = self_generate(problems.slice(start, shard_size), cfg.generation, engine)["chains"]
         texts += chains.column("text").to_pylist()
     return time.perf_counter() - t0, texts
 

@@ -111,3 +111,22 @@ def test_a_pool_deadline_shorter_than_its_batch_timeout_is_rejected():
     PoolConfig(call_deadline_s=None, batch_timeout_s=3600)
     with pytest.raises(ValidationError, match="call_deadline_s .* is shorter than batch_timeout_s"):
         PoolConfig(call_deadline_s=60, batch_timeout_s=600)
+
+
+def test_a_stage_past_its_deadline_fails_naming_the_stage_and_backend_and_keeps_the_run(prefect_api, ray_local, hung, tmp_path):
+    """No backend deadline at all (deadline_s off, long timeouts): only pool.stage_deadline_s bounds the stage."""
+    from flows.pipeline import StageDeadlineExceeded, sphere_run
+    from infra.storage import RunStore
+    from tests.conftest import ROOT
+
+    policy = {"kind": "openai", "base_url": hung.base_url, "model": "wedged", "api_key_env": None,
+              "request_timeout_s": 600, "max_retries": 0, "deadline_s": None}
+    t = time.monotonic()
+    with pytest.raises(StageDeadlineExceeded, match=r"generation\+routing.*stage_deadline_s=4.*openai:wedged"):
+        sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="stuck", data_root=str(tmp_path),
+                   overrides={"seeds.n": 4, "policy": policy, "pool.actors": 1, "pool.stage_deadline_s": 4,
+                              "metrics.enabled": False, "self_correction.enabled": False, "diversity.enabled": False})
+    assert time.monotonic() - t < 60  # the stage's 4 s plus the run's start-up, not 600 s x retries
+    store = RunStore(tmp_path, "stuck")
+    assert store.read_status()["status"] == "failed" and "StageDeadlineExceeded" in store.read_status()["error"]
+    assert store.read_table("problems").num_rows == 4  # what finished before the stuck stage is kept
