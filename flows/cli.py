@@ -6,6 +6,7 @@ else the config's ``data_root`` (``run``/``sweep``), else ``data``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -139,7 +140,7 @@ def run(
         try:
             summary = sphere_run(config_path=str(path), run_id=run_id, data_root=str(root), overrides=overrides)
         except Exception as e:
-            console.print(f"[red]run {run_id} failed: {type(e).__name__}: {e}[/red]")
+            console.print(f"[red]run {run_id} failed: {_failure(e, root)}[/red]", soft_wrap=True)
             console.print(hint, soft_wrap=True)
             raise typer.Exit(1)
         finally:
@@ -183,6 +184,24 @@ def query(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)
     _print_table(t, fmt, out)
+
+
+def _failure(e: BaseException, root: Path) -> str:
+    """One line for a failure whose cause is the disk being full (the shards' messages, native
+    libraries' included, all say ENOSPC); otherwise the exception's type and message."""
+    text = f"{type(e).__name__}: {e}"
+    if _disk_full(e) or "[Errno 28]" in text or "No space left on device" in text:
+        return f"the disk holding {root} is full (No space left on device); free space there"
+    return text
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _lifetime(hint: str):

@@ -103,3 +103,20 @@ def test_the_runs_view_tells_running_finished_failed_and_killed_runs_apart(tmp_p
     assert {k: v["status"] for k, v in got.items()} == {"done": "finished", "bad": "failed", "live": "running", "killed": "interrupted"}
     assert got["bad"]["error"] == "ValueError: boom" and got["done"]["finished_at"] is not None
     assert got["live"]["finished_at"] is None and got["killed"]["pid"] == proc.pid
+
+
+def test_a_full_disk_is_one_clear_line_naming_the_data_root(tmp_path):
+    import errno
+
+    from flows.cli import _failure
+    from flows.pipeline import StageFailed
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/data/runs/r/chains/generation/.part-00000.parquet.7.tmp")
+        except OSError as inner:
+            raise StageFailed("2 of 4 generation shards failed (finished ones kept):\nOSError: [Errno 28] ...") from inner
+    except StageFailed as e:
+        line = _failure(e, tmp_path)
+    assert line == f"the disk holding {tmp_path} is full (No space left on device); free space there" and "\n" not in line
+    assert _failure(ValueError("bad"), tmp_path) == "ValueError: bad"
