@@ -58,6 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--shard-size", type=int, default=50)
+    ap.add_argument("--concurrency", type=int, default=2, help="model shards in flight on the factory side (one model "
+                    "thread either way: one actor, one torch thread; a second shard commits while the other generates)")
     args = ap.parse_args()
 
     from prefect import flow
@@ -66,7 +68,7 @@ def main() -> None:
     from infra.config import load_config
     from infra.storage import RunStore
 
-    overrides = {"seeds.n": args.n, "generation.shard_size": args.shard_size, "generation.concurrency": 1,
+    overrides = {"seeds.n": args.n, "generation.shard_size": args.shard_size, "generation.concurrency": args.concurrency,
                  "pool.actors": 1, "policy.threads": 1,
                  # the baseline is self-generation only; routing and SFT stay on (they are factory work)
                  "self_correction.enabled": False, "diversity.enabled": False,
