@@ -341,7 +341,8 @@ def _run_stages(run_dir: str) -> dict:
         ensure_ray(cfg.pool, total_need([s.backend(cfg) for s in model_stages], cfg.pool))
         if not _started(store, model_stages[0]):
             prewarm(model_stages[0].backend(cfg), cfg.pool, run_dir)
-    runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency + (cfg.scheduling == "streaming"))  # + a CPU-shard thread
+    runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)  # a stage alone: at most `concurrency` shards
+    stream_runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency + 1)  # model shards + one CPU shard
     parts = [p for g in declared.stream_groups(run) for p in _fitting(g, cfg)] if cfg.scheduling == "streaming" else [[st] for st in run]
     for k, part in enumerate(parts):
         needed = [st.backend(cfg) for st in part if st.backend]
@@ -353,7 +354,7 @@ def _run_stages(run_dir: str) -> dict:
             stage_flow.with_options(name=part[0].name, flow_run_name=part[0].name, task_runner=runner)(run_dir, part[0].name)
         else:
             label = "+".join(st.name for st in part)
-            stream_flow.with_options(task_runner=runner)(run_dir, [st.name for st in part], label, cfg.generation.concurrency)
+            stream_flow.with_options(task_runner=stream_runner)(run_dir, [st.name for st in part], label, cfg.generation.concurrency)
         later = [st.backend(cfg) for p in parts[k + 1:] for st in p if st.backend]
         pools.release_unneeded(later, cfg.pool)  # engines no remaining stage needs
     catalog.refresh(store.data_root)
