@@ -103,20 +103,12 @@ class SeedShardWriter:
                 self._inflight.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._prune(TABLE, self.stage, self.out.shards)
-        self._prune("quarantine", f"{self.stage}-parse", self._bad_parts)
+        store = self.ctx.store
+        store.prune(TABLE, self.stage, self.out.shards)
+        store.prune("quarantine", f"{self.stage}-parse", self._bad_parts)
         for table in ("quarantine", "validation"):
-            self._prune(table, f"{self.stage}-{TABLE}", self._blocks)
+            store.prune(table, f"{self.stage}-{TABLE}", self._blocks)
         return self.out
-
-    def _prune(self, table: str, stage: str, keep: list[str]) -> None:
-        """Move aside the committed parts of ``table/stage`` not in ``keep``: ``RunStore.prune``
-        in linear time (it rebuilds ``set(keep)`` per committed shard, ~10 s at 20,000 shards)."""
-        store, keep_set = self.ctx.store, set(keep)
-        stale = [sh for _, sh in store.committed_shards(table, stage) if sh not in keep_set]
-        if stale:
-            store.supersede([p for sh in stale for p in (store.part_path(table, stage, sh), store.marker_path(table, stage, sh))],
-                            f"stale-{stage}")
 
     def _take(self, tables: str, count: str, n: int) -> pa.Table:
         """The first ``n`` buffered rows of ``self.<tables>``, removed from the buffer."""
