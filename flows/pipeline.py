@@ -42,8 +42,9 @@ class StageDeadlineExceeded(StageFailed):
     """A stage ran past ``pool.stage_deadline_s``; its finished shards are kept."""
 
 
-def _deadline_error(cfg: RunConfig, sts: list[declared.Stage], finished: int, total: int) -> StageDeadlineExceeded:
-    """Free the stages' engines (their calls in flight fail at once) and name what ran out of time."""
+def _deadline_error(run_dir: str, cfg: RunConfig, sts: list[declared.Stage], finished: int, total: int) -> StageDeadlineExceeded:
+    """Free the run's engines (their calls in flight fail at once) and name what ran out of time."""
+    run_pools(run_dir).release_unneeded([], cfg.pool)
     backends = [st.backend(cfg) for st in sts if st.backend]
     models = sorted({f"{b.kind}:{getattr(b, 'model', None) or getattr(b, 'checkpoint', None) or ''}" for b in backends})
     return StageDeadlineExceeded(
@@ -125,9 +126,7 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
                     failed.append(f"{type(e).__name__}: {e}")
                 progress.report(st.name, len(done) + len(failed), len(shards))
         except TimeoutError:
-            err = _deadline_error(cfg, [st], len(done), len(shards))
-            run_pools(run_dir).release_unneeded([], cfg.pool)
-            raise err from None
+            raise _deadline_error(run_dir, cfg, [st], len(done), len(shards)) from None
     if st.backend and cfg.scheduling == "barrier":
         close_pool(st.backend(cfg), cfg.pool, run_dir)  # the barrier baseline: every stage loads and frees its own engines
     if failed:
@@ -217,9 +216,7 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
             try:
                 st, shard, fut = events.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
             except queue.Empty:
-                err = _deadline_error(cfg, sts, sum(map(len, done.values())), sum(total.values()))
-                run_pools(run_dir).release_unneeded([], cfg.pool)
-                raise err from None
+                raise _deadline_error(run_dir, cfg, sts, sum(map(len, done.values())), sum(total.values())) from None
             inflight[st.backend is not None] -= 1
             try:
                 done[st.name].append(fut.result())
@@ -239,7 +236,8 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
     return {name: sorted(paths) for name, paths in done.items()}
 
 
-def summarize(run_dir: str) -> dict:
+def summarize(run_dir: str, extra: dict | None = None) -> dict:
+    """Row counts, routes and pairs by stage (plus ``extra``), written to ``summary.json``."""
     store = RunStore.at(run_dir)
     run = declared.check_stages(RunConfig.model_validate(store.load_config()))
     counts = {t: store.read_table(t).num_rows for t in declared.tables(run) if t != "worklist"}
@@ -251,6 +249,7 @@ def summarize(run_dir: str) -> dict:
         "counts": counts,
         "routes": {r: routes.count(r) for r in sorted(set(routes))},
         "pairs_by_stage": {s: pairs.count(s) for s in sorted(set(pairs))},
+        **(extra or {}),
     }
     store.write_json("summary.json", summary)
     return summary
@@ -358,13 +357,13 @@ def _run_stages(run_dir: str) -> dict:
         later = [st.backend(cfg) for p in parts[k + 1:] for st in p if st.backend]
         pools.release_unneeded(later, cfg.pool)  # engines no remaining stage needs
     catalog.refresh(store.data_root)
-    summary = summarize(run_dir)
     wall = time.monotonic() - t_start
-    summary["pool_builds"], summary["engine_loads"] = pools.builds, pools.engine_loads
-    summary["engine_busy_share"] = round(pools.busy_seconds(t_start) / wall, 4) if wall else None  # >= 1 engine working
     span = pools.busy_span()  # from the first engine call to the last: the model stages' share
-    summary["engine_busy_share_model_span"] = round(pools.busy_seconds(span[0]) / (span[1] - span[0]), 4) if span and span[1] > span[0] else None
-    store.write_json("summary.json", summary)
+    summary = summarize(run_dir, {
+        "pool_builds": pools.builds, "engine_loads": pools.engine_loads,
+        "engine_busy_share": round(pools.busy_seconds(t_start) / wall, 4) if wall else None,  # >= 1 engine working
+        "engine_busy_share_model_span": round(pools.busy_seconds(span[0]) / (span[1] - span[0]), 4) if span and span[1] > span[0] else None,
+    })
     _publish(summary)
     if cfg.metrics.enabled:
         try:

@@ -15,12 +15,11 @@ stage writes. Adding a stage is one declaration here plus its module in ``tasks/
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from infra.config import RunConfig
+from infra.storage import RunStore
 from tasks.diversity import diversity_task
 from tasks.evaluate import evaluate_task
 from tasks.generation import generation_task
@@ -52,8 +51,8 @@ def consumers_of(stage: str) -> Callable[[str, str], list[str]]:
     """The shards of ``stage`` that routing's committed shard feeds (its marker's ``consumers``)."""
 
     def shards(run_dir: str, routing_shard: str) -> list[str]:
-        path = Path(run_dir) / "_done" / "stages" / f"routing.{routing_shard}.json"
-        return json.loads(path.read_text()).get("consumers", {}).get(stage, []) if path.is_file() else []
+        marker = RunStore.at(run_dir).stage_marker("routing", routing_shard)
+        return (marker or {}).get("consumers", {}).get(stage, [])
 
     return shards
 

@@ -156,6 +156,7 @@ def least_loaded(load: list[int], n: int) -> list[tuple[int, tuple[int, int]]]:
 class EnginePool:
     def __init__(self, backend_cfg, pool_cfg: PoolConfig):
         ensure_ray(pool_cfg)
+        self.backend_cfg = backend_cfg
         self.backend_json = backend_cfg.model_dump(mode="json")
         self.cfg = pool_cfg
         self._lock = threading.Lock()
@@ -377,47 +378,42 @@ class RunPools:
                 self.builds += 1
             return pool
 
-    def has(self, backend_cfg, pool_cfg: PoolConfig) -> bool:
-        return _key(backend_cfg, pool_cfg) in self._pools
-
     def backends(self) -> list:
         """The backend configs of the pools alive now."""
-        from pydantic import TypeAdapter
-
-        from infra.config import BackendConfig
-
-        return [TypeAdapter(BackendConfig).validate_python(p.backend_json) for p in list(self._pools.values())]
+        return [p.backend_cfg for p in list(self._pools.values())]
 
     def release(self, backend_cfg, pool_cfg: PoolConfig) -> bool:
         """Close this backend's pool if the run has one. Returns whether it had."""
         with self._lock:
             pool = self._pools.pop(_key(backend_cfg, pool_cfg), None)
-        if pool is None:
-            return False
-        self._closed_loads += pool.spawned
-        self._closed_busy += pool.busy
-        pool.close()
-        return True
+        if pool is not None:
+            self._retire(pool)
+        return pool is not None
 
     def release_unneeded(self, keep: list, pool_cfg: PoolConfig) -> list[str]:
         """Close every pool whose backend is not in ``keep``. Returns the closed models."""
         keys = {_key(b, pool_cfg) for b in keep}
         with self._lock:
-            gone = [(k, p) for k, p in self._pools.items() if k not in keys]
-            for k, _ in gone:
-                del self._pools[k]
-        for _, p in gone:
-            self._closed_loads += p.spawned
-            self._closed_busy += p.busy
-            p.close()
-        return [p.model_name for _, p in gone]
+            gone = [p for k, p in self._pools.items() if k not in keys]
+            self._pools = {k: p for k, p in self._pools.items() if k in keys}
+        for p in gone:
+            self._retire(p)
+        return [p.model_name for p in gone]
+
+    def _retire(self, pool: EnginePool) -> None:
+        """Close a pool, keeping its engine loads and busy intervals in the run's counts."""
+        self._closed_loads += pool.spawned
+        self._closed_busy += pool.busy
+        pool.close()
+
+    def _intervals(self) -> list[tuple[float, float]]:
+        return self._closed_busy + [x for p in list(self._pools.values()) for x in p.busy]
 
     def busy_seconds(self, since: float = 0.0) -> float:
         """Seconds (after ``since``, ``time.monotonic()``) during which at least one engine of
         the run was working on a call: the union of every pool's call intervals."""
-        spans = sorted((max(a, since), b) for a, b in self._closed_busy + [x for p in list(self._pools.values()) for x in p.busy] if b > since)
         total, end = 0.0, since
-        for a, b in spans:
+        for a, b in sorted((max(a, since), b) for a, b in self._intervals() if b > since):
             if b > end:
                 total += b - max(a, end)
                 end = b
@@ -425,7 +421,7 @@ class RunPools:
 
     def busy_span(self) -> tuple[float, float] | None:
         """(first call start, last call end) over every pool of the run; None before any call."""
-        spans = self._closed_busy + [x for p in list(self._pools.values()) for x in p.busy]
+        spans = self._intervals()
         return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
 
     @property
