@@ -59,39 +59,6 @@ def _print_qdc(run_dir: str) -> None:
     Console().print(t)
 
 
-def _print_table(t, fmt: str, out: Optional[Path]) -> None:
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if fmt == "parquet":
-        if out is None:
-            raise typer.BadParameter("--format parquet needs --out FILE")
-        pq.write_table(t, out)
-        console.print(f"wrote {t.num_rows} rows to {out}")
-        return
-    if fmt == "csv":
-        import io
-
-        buf = io.BytesIO()
-        pacsv.write_csv(t, buf)
-        text = buf.getvalue().decode()
-    elif fmt == "json":
-        text = "\n".join(json.dumps(r, default=str) for r in t.to_pylist())
-    else:
-        table = Table(show_header=True, header_style="bold")
-        for name in t.column_names:
-            table.add_column(name)
-        for row in t.to_pylist():
-            table.add_row(*[("" if v is None else str(v))[:200] for v in row.values()])
-        Console().print(table)
-        return
-    text = text if text.endswith("\n") else text + "\n"
-    if out:
-        out.write_text(text)
-    else:
-        sys.stdout.write(text)
-
-
 @app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the offline quickstart)."),
@@ -163,27 +130,48 @@ def run(
 
 @app.command()
 def query(
-    sql: str = typer.Argument(..., help="SQL over the catalog views: problems, chains, pairs, routes, quarantine, validation."),
+    sql: str = typer.Argument(..., help="One SELECT over the catalog views: runs, problems, chains, pairs, routes, quarantine, validation, ..."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file (csv, json, parquet), never inside the data root."),
     timeout: float = typer.Option(300.0, "--timeout", help="Stop a query still running after this many seconds."),
-    memory_limit: str = typer.Option("2GB", "--memory-limit", help="DuckDB memory cap of the query."),
+    memory_limit: str = typer.Option("2GB", "--memory-limit", help="DuckDB memory cap of the query (results stream, so this bounds it)."),
 ) -> None:
-    """Run read-only SQL (SELECT/EXPLAIN) against the committed parts of every run.
+    """Run one read-only SELECT (or EXPLAIN of one) against the committed parts of every run.
 
-    Files outside the data root cannot be read or written; COPY, ATTACH, INSTALL, LOAD,
-    SET and other statements are refused."""
-    from infra.catalog import CatalogError, query as run_query
+    The query cannot write anywhere and reads nothing but the committed parts: COPY, ATTACH,
+    INSTALL, LOAD, SET, CREATE and every other statement are refused, and DuckDB runs with
+    its file system closed. Results stream to --out (written whole or not at all)."""
+    from infra.catalog import CatalogError
+    from infra.query import query_batches
+    from infra.results import OutputError, check_out, write_result
 
-    if fmt not in ("table", "csv", "json", "parquet"):
-        raise typer.BadParameter(f"--format must be table, csv, json or parquet, not {fmt!r}")
+    root = _data_root(data_root)
     try:
-        t = run_query(_data_root(data_root), sql, timeout_s=timeout, memory_limit=memory_limit)
-    except CatalogError as e:
-        console.print(f"[red]{e}[/red]")
+        target = check_out(out, fmt, root)
+        with query_batches(root, sql, timeout_s=timeout, memory_limit=memory_limit) as reader:
+            n = write_result(reader, reader.schema, fmt, target, show=_show_rows)
+    except (CatalogError, OutputError) as e:
+        console.print(str(e), style="red", markup=False, highlight=False)
         raise typer.Exit(1)
-    _print_table(t, fmt, out)
+    except OSError as e:  # the output could not be written (disk full, permissions)
+        console.print(f"cannot write the result to {out or 'stdout'}: {e}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1)
+    if target is not None:
+        console.print(f"wrote {n:,} rows to {target}", markup=False, highlight=False)
+    elif n == 0 and fmt == "json":
+        console.print("(0 rows)", markup=False, highlight=False)
+
+
+def _show_rows(schema, rows: list[dict], total: int) -> None:
+    table = Table(show_header=True, header_style="bold")
+    for name in schema.names:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*[("" if v is None else str(v))[:200] for v in row.values()])
+    Console().print(table)
+    if total > len(rows):
+        Console(stderr=True).print(f"... {total - len(rows):,} more rows ({total:,} in all); use --format csv|json|parquet --out FILE for all")
 
 
 def _failure(e: BaseException, root: Path) -> str:

@@ -3,9 +3,8 @@
 A part is committed when its completion marker exists (``infra.storage``); parts without
 one (a shard killed after its write, or that failed its validation gate) are never shown.
 
-- ``query(data_root, sql)`` builds the views from the markers on disk at that moment in a
-  private database file, reopens it read-only and runs ``sql``: it sees every shard
-  committed so far and never takes a lock on the shared catalog file.
+- ``committed_parts`` and ``runs_table`` are what ``infra.query`` (``sphere query``) hands its
+  sandbox at query time: it sees every shard committed so far and never opens the catalog file.
 - ``refresh(data_root)`` writes ``catalog.duckdb`` with the same views (explicit part
   lists, as of the refresh) for other DuckDB clients; it is rebuilt in a temp file and
   renamed into place, so a reader of the old file never blocks it.
@@ -14,15 +13,13 @@ one (a shard killed after its write, or that failed its validation gate) are nev
 from __future__ import annotations
 
 import os
-import tempfile
-import threading
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from infra.schemas import SCHEMAS
-from infra.storage import RunStore, StorageError
+from infra.storage import RunStore
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -98,55 +95,3 @@ def refresh(data_root: Path) -> Path:
         con.close()
     os.replace(tmp, path)
     return path
-
-
-ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
-
-
-class QueryRefused(CatalogError):
-    """The SQL is not a read-only query (COPY, ATTACH, INSTALL, LOAD, SET, CREATE, ...)."""
-
-
-def query(data_root: Path, sql: str, *, timeout_s: float = 300.0, memory_limit: str = "2GB") -> pa.Table:
-    """Run ``sql`` read-only against views of the committed parts under ``data_root``; an Arrow table.
-
-    Read-only in fact: only SELECT/EXPLAIN statements run (``QueryRefused`` names any other);
-    the views live in a private database file reopened read-only; file access is limited to
-    ``<data_root>/runs/`` (``enable_external_access=false`` + ``allowed_directories``), the
-    configuration is locked so a query cannot lift that, memory is capped at
-    ``memory_limit`` and a query still running after ``timeout_s`` is interrupted.
-    """
-    root = Path(data_root).resolve()
-    if not catalog_path(root).is_file() and not (root / "runs").is_dir():
-        raise CatalogError(f"no catalog at {catalog_path(root)}: run `sphere run` first (or pass --data-root)")
-    with tempfile.TemporaryDirectory(prefix="sphere-query-") as tmp:
-        db = Path(tmp) / "views.duckdb"
-        con = duckdb.connect(str(db))
-        try:
-            _create_views(con, root)
-            kinds = [st.type.name for st in con.extract_statements(sql)]
-        except duckdb.Error as e:
-            raise CatalogError(f"query failed: {e}") from None
-        except StorageError as e:  # a committed part changed after its commit (PartCorrupt)
-            raise CatalogError(str(e)) from None
-        finally:
-            con.close()
-        refused = [k for k in kinds if k not in ALLOWED_STATEMENTS]
-        if refused or not kinds:
-            raise QueryRefused(f"sphere query runs read-only SELECT statements; refused: {', '.join(refused) or 'no statement'} "
-                               "(to save a result use --format csv|json|parquet --out FILE)")
-        con = duckdb.connect(str(db), read_only=True, config={"memory_limit": memory_limit})
-        timer = threading.Timer(timeout_s, con.interrupt)
-        try:
-            con.execute(f"SET allowed_directories = [{sql_string(str(root / 'runs') + '/')}]")
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
-            timer.start()
-            return con.sql(sql).to_arrow_table()
-        except duckdb.InterruptException:
-            raise CatalogError(f"query stopped after {timeout_s:g}s (--timeout)") from None
-        except duckdb.Error as e:
-            raise CatalogError(f"query failed: {e}") from None
-        finally:
-            timer.cancel()
-            con.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra import catalog
+from infra.query import query as run_query
 from infra.storage import RunStore
 from tests.conftest import ROOT
 
@@ -39,7 +40,7 @@ def test_a_long_query_beside_the_run_neither_blocks_nor_fails_it(finished_run):
     root, summary, _ = finished_run
     assert summary["reader_still_running"], f"the reader ended before the run: {summary['reader_stderr']}"
     assert catalog.catalog_path(root).is_file()  # refreshed while the reader held its views
-    got = catalog.query(root, "select run_id, status, error from runs").to_pylist()
+    got = run_query(root, "select run_id, status, error from runs").to_pylist()
     assert got == [{"run_id": "it-run", "status": "finished", "error": None}]
 
 
@@ -91,7 +92,7 @@ def test_self_correction_and_diversity_stages_follow_their_routes(finished_run):
 
 def test_catalog_answers_across_the_run(finished_run):
     root, summary, _ = finished_run
-    got = catalog.query(root, "select stage, count(*) as n from chains group by 1 order by 1").to_pylist()
+    got = run_query(root, "select stage, count(*) as n from chains group by 1 order by 1").to_pylist()
     assert [g["stage"] for g in got] == ["diversity", "generation", "self_correction"]
     assert got[1]["n"] == 60 and sum(g["n"] for g in got) == summary["counts"]["chains"]
 
@@ -171,5 +172,5 @@ def test_qdc_metrics_are_stored_per_stage_and_table_and_agree_with_the_chains(fi
     assert abs(m[("generation", "chains", "solve_rate")]["value"] - want) < 1e-12
     assert all(m[(s, t, "vendi_q1")]["value"] >= 1.0 for s, t, _ in m if (s, t, "vendi_q1") in m)
     assert m[("generation", "pairs", "pair_validity")]["value"] == 1.0
-    got = catalog.query(root, "select count(*) as n from metrics where run_id = 'it-run'").to_pylist()[0]["n"]
+    got = run_query(root, "select count(*) as n from metrics where run_id = 'it-run'").to_pylist()[0]["n"]
     assert got == len(m)

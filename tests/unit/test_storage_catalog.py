@@ -2,6 +2,7 @@ import pytest
 
 from infra import catalog
 from infra.catalog import CatalogError
+from infra.query import query as run_query
 from infra.schemas import from_rows
 from infra.storage import RunStore
 
@@ -24,20 +25,20 @@ def test_write_is_atomic_marked_and_read_back_only_when_finished(tmp_path):
 
 def test_catalog_views_span_runs_and_queries_are_read_only(tmp_path):
     catalog.refresh(tmp_path)  # before any run: views exist and are empty
-    assert catalog.query(tmp_path, "select count(*) as n from chains").to_pylist() == [{"n": 0}]
+    assert run_query(tmp_path, "select count(*) as n from chains").to_pylist() == [{"n": 0}]
     RunStore(tmp_path, "r1").write("problems", "seeds", "00000", problems("r1", ["a", "b"]))
     RunStore(tmp_path, "r2").write("problems", "seeds", "00000", problems("r2", ["c"]))
-    got = catalog.query(tmp_path, "select run_id, count(*) as n from problems group by 1 order by 1").to_pylist()
+    got = run_query(tmp_path, "select run_id, count(*) as n from problems group by 1 order by 1").to_pylist()
     assert got == [{"run_id": "r1", "n": 2}, {"run_id": "r2", "n": 1}]
     with pytest.raises(CatalogError, match="read-only|read only"):
-        catalog.query(tmp_path, "create table t as select 1")
+        run_query(tmp_path, "create table t as select 1")
     with pytest.raises(CatalogError, match="query failed"):
-        catalog.query(tmp_path, "select nope from problems")
+        run_query(tmp_path, "select nope from problems")
 
 
 def test_query_without_catalog_says_what_to_do(tmp_path):
     with pytest.raises(CatalogError, match="sphere run"):
-        catalog.query(tmp_path, "select 1")
+        run_query(tmp_path, "select 1")
 
 
 def test_catalog_shows_only_committed_parts_and_refresh_never_waits_for_readers(tmp_path):
@@ -48,7 +49,7 @@ def test_catalog_shows_only_committed_parts_and_refresh_never_waits_for_readers(
     # a part written but never marked (killed before its marker, or stopped by its validation gate)
     store.part_path("problems", "seeds", "00001").write_bytes(store.part_path("problems", "seeds", "00000").read_bytes())
     catalog.refresh(tmp_path)
-    assert catalog.query(tmp_path, "select count(*) as n from problems").to_pylist() == [{"n": 2}]
+    assert run_query(tmp_path, "select count(*) as n from problems").to_pylist() == [{"n": 2}]
     reader = duckdb.connect(str(catalog.catalog_path(tmp_path)), read_only=True)  # another client holding the file
     try:
         assert reader.sql("select count(*) from problems").fetchall() == [(2,)]
@@ -56,7 +57,7 @@ def test_catalog_shows_only_committed_parts_and_refresh_never_waits_for_readers(
         catalog.refresh(tmp_path)  # does not block on the open reader
     finally:
         reader.close()
-    assert catalog.query(tmp_path, "select count(*) as n from problems").to_pylist() == [{"n": 3}]
+    assert run_query(tmp_path, "select count(*) as n from problems").to_pylist() == [{"n": 3}]
 
 
 def test_a_fingerprint_marks_what_a_shard_was_computed_from(tmp_path):
