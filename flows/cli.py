@@ -400,8 +400,8 @@ def server(
     """Start a local Prefect server (API + UI) with the offline settings this project uses.
 
     Then, in other shells: `export PREFECT_API_URL=http://HOST:PORT/api`,
-    `prefect work-pool create sphere-local --type process`, `prefect deploy --all`,
-    `prefect worker start --pool sphere-local`.
+    `prefect work-pool create sphere-local --type process`, the same for `sphere-gpu`,
+    `prefect deploy --all`, `prefect worker start --pool sphere-local` (README, "Deployments").
     """
     from infra.env import offline_defaults
 

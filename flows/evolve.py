@@ -62,10 +62,35 @@ def evolve_round(config_path: str, evolve_id: str, round: int, policy: dict, dat
             "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"]}
 
 
-def _evolve_name() -> str:
+def _evolve_config(config_path: str, overrides: dict | None) -> RunConfig:
+    """An evolve's validated config: every round trains and evaluates."""
+    return load_config(config_path, {**(overrides or {}), "train.enabled": True, "evaluate.enabled": True})
+
+
+def _evolve_id(name: str, evolve_id: str | None) -> str:
+    """``evolve_id``, else inside a flow run (a deployment's scheduled run) an id derived from
+    the flow run's id, ``<name>-evolve-fr<id>``, so ``prefect flow-run retry`` resumes the same
+    evolve; else a new id."""
     from prefect.runtime import flow_run
 
-    return f"evolve-{flow_run.parameters.get('evolve_id') or 'new'}"
+    fid = flow_run.get_id()
+    return evolve_id or (f"{name}-evolve-fr{str(fid).replace('-', '')[:12]}" if fid else new_evolve_id(name))
+
+
+def _evolve_name() -> str:
+    """The ``sphere-evolve`` flow run's name: the evolve id it writes its record under (as
+    ``sphere evolve --resume`` takes it). ``evolve-new`` only when the config cannot be read;
+    the flow run then fails with the config's error."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    if params.get("evolve_id"):
+        return params["evolve_id"]
+    try:
+        name = _evolve_config(params["config_path"], params.get("overrides")).name
+    except Exception:  # noqa: BLE001 - a name must not fail the run before the flow reports why
+        return "evolve-new"
+    return _evolve_id(name, None)
 
 
 @flow(name="sphere-evolve", flow_run_name=_evolve_name)
@@ -74,13 +99,10 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
     """Run ``rounds`` rounds (resuming an existing ``evolve_id``: finished rounds are kept).
     Without an ``evolve_id`` (a deployment's scheduled run) the id comes from the flow run,
     so ``prefect flow-run retry`` resumes the same evolve."""
-    from prefect.runtime import flow_run
-
     if rounds < 1:
         raise EvolveError(f"--rounds must be at least 1, got {rounds}")
-    cfg = load_config(config_path, {**(overrides or {}), "train.enabled": True, "evaluate.enabled": True})  # validated before any work
-    evolve_id = evolve_id or (f"{cfg.name}-evolve-fr{str(flow_run.get_id()).replace('-', '')[:12]}" if flow_run.get_id()
-                              else new_evolve_id(cfg.name))
+    cfg = _evolve_config(config_path, overrides)  # validated before any work
+    evolve_id = _evolve_id(cfg.name, evolve_id)
     start = policy_checkpoint(cfg.policy)
     if not start.is_dir():
         raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")

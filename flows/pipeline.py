@@ -65,7 +65,7 @@ def prepare_run(
     ``reruns.jsonl``; the stages whose config changed then recompute (their fingerprints
     differ), the others are skipped. The stage graph is checked before anything is written.
     """
-    cfg = load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
+    cfg = _config(config_path, overrides)
     root = Path(data_root or cfg.data_root).resolve()
     run_id = run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name)
     store = RunStore(root, run_id)
@@ -81,6 +81,11 @@ def prepare_run(
     check_inputs(cfg, config_path or "config")
     store.save_config(cfg.model_dump(mode="json"))
     return str(store.run_dir)
+
+
+def _config(config_path: str | None, overrides: dict | None) -> RunConfig:
+    """The run's validated config: ``config_path`` with ``overrides``, or the defaults with them."""
+    return load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
 
 
 def _flow_run_bound_id(name: str) -> str | None:
@@ -292,7 +297,18 @@ def _publish_report(run_dir: str) -> Path:
 
 
 def _run_name() -> str:
-    return flow_run.parameters.get("run_id") or "new-run"
+    """The ``sphere-run`` flow run's name: the id of the run it writes (its ``run_id``
+    parameter, else the id ``prepare_run`` derives from the flow run, ``<name>-fr<id>``), as
+    ``sphere report``, ``rerun``, ``export`` and ``run --resume`` take it. ``new-run`` only when
+    the config cannot be read; the flow run then fails in ``prepare_run`` with the config's error."""
+    params = flow_run.parameters
+    if params.get("run_id"):
+        return params["run_id"]
+    try:
+        name = _config(params.get("config_path"), params.get("overrides")).name
+    except Exception:  # noqa: BLE001 - a name must not fail the run before prepare_run reports why
+        return "new-run"
+    return _flow_run_bound_id(name) or "new-run"
 
 
 @flow(name="sphere-run", flow_run_name=_run_name)

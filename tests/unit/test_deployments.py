@@ -28,3 +28,32 @@ def test_every_deployment_runs_a_real_flow_with_parameters_it_accepts(dep):
 
 def test_self_evolution_has_a_deployment():
     assert any(d["entrypoint"] == "flows/evolve.py:sphere_evolve" for d in DEPLOYMENTS)
+
+
+def test_flow_runs_are_named_with_the_id_they_write_and_naming_never_fails_a_run(monkeypatch):
+    """The integration test checks real deployment runs; here the explicit ids and the
+    fallbacks when the config cannot be read (the run then fails with the config's error)."""
+    from types import SimpleNamespace
+
+    import prefect.runtime
+
+    from flows import evolve, pipeline
+
+    def runtime(**params):
+        fake = SimpleNamespace(parameters=params, get_id=lambda: "0a1b2c3d-4e5f-6789-abcd-ef0123456789")
+        monkeypatch.setattr(pipeline, "flow_run", fake)
+        monkeypatch.setattr(prefect.runtime, "flow_run", fake)
+
+    quickstart = str(ROOT / "configs" / "quickstart.yaml")
+    runtime(config_path=quickstart, run_id="mine")
+    assert pipeline._run_name() == "mine"
+    runtime(config_path=quickstart, overrides={"name": "nightly"})
+    assert pipeline._run_name() == "nightly-fr0a1b2c3d4e5f"
+    runtime(config_path=str(ROOT / "no-such.yaml"))
+    assert pipeline._run_name() == "new-run"
+    runtime(config_path=str(ROOT / "configs" / "evolve.yaml"), evolve_id="ev-1")
+    assert evolve._evolve_name() == "ev-1"
+    runtime(config_path=str(ROOT / "configs" / "evolve.yaml"))
+    assert evolve._evolve_name() == "sphere-evolve-fr0a1b2c3d4e5f"
+    runtime(config_path=str(ROOT / "no-such.yaml"))
+    assert evolve._evolve_name() == "evolve-new"
