@@ -44,7 +44,7 @@ BATCH_ROWS = 10_000
 ALLOWED = "SELECT"
 
 # Order matters: the path lists can only be changed while external access is on.
-_CLOSE_FILE_SYSTEM = ("SET temp_directory = ''", "SET allowed_paths = []", "SET allowed_directories = []",
+_CLOSE_FILE_SYSTEM = ("SET enable_progress_bar = false", "SET temp_directory = ''", "SET allowed_paths = []", "SET allowed_directories = []",
                       "SET enable_external_access = false", "SET lock_configuration = true")
 
 
@@ -124,7 +124,7 @@ def sandbox(data_root: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with no file system (walls 2 and 3 above) and the
     catalog's views: one per table over its committed parts, plus ``runs``."""
     try:
-        con = duckdb.connect(config={"python_enable_replacements": False, "autoinstall_known_extensions": False, "enable_progress_bar": False,
+        con = duckdb.connect(config={"python_enable_replacements": False, "autoinstall_known_extensions": False,
                                      "autoload_known_extensions": False, "memory_limit": memory_limit})
     except duckdb.Error as e:
         raise CatalogError(f"cannot start the query engine (--memory-limit {memory_limit!r}?): {e}") from None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from infra import catalog
 from infra.backends.base import BackendUnavailable, Completion, GenResult
 from infra.config import GenerationStage, RunConfig, SearchConfig
+from infra.query import query as run_query
 from infra.schemas import from_rows
 from infra.storage import RunStore
 from tasks.common import RunContext
@@ -79,7 +79,7 @@ def test_the_shard_with_an_error_row_commits_and_the_catalog_and_metrics_show_it
     chains = self_generate(problems("Tom has 5 and gets 3.", "POISON here"), GenerationStage(), engine(scripted("POISON")))
     ctx.commit("generation", "00000", chains, {"config": "h"})
     assert store.is_done("chains", "generation", "00000") and store.read_table("quarantine").num_rows == 0
-    got = catalog.query(tmp_path, "select verdict, count(*) as n, any_value(error) as error from chains group by 1 order by 1").to_pylist()
+    got = run_query(tmp_path, "select verdict, count(*) as n, any_value(error) as error from chains group by 1 order by 1").to_pylist()
     assert [(g["verdict"], g["n"]) for g in got] == [("correct", 2), ("error", 1)] and "ValueError" in got[1]["error"]
     m = {(r["stage"], r["metric"]): r["value"] for r in compute_metrics(store, RunConfig().metrics.model_copy(update={"embedder": "hashed"}),
                                                                         RunConfig().dedup, HashedEmbedder()).to_pylist()}
