@@ -35,7 +35,7 @@ from infra.storage import RunStore, atomic_write_text
 from infra.trainers import TrainDiverged
 from infra.trainers.base import nonfinite_weight
 from tasks.evaluate import mcnemar
-from tasks.evolve_record import promotion_refusal, settle_config
+from tasks.evolve_record import promotion_refusal, round_overrides, settle_config
 from tasks.evolve_report import write_evolve_report
 from tasks.train import policy_checkpoint, trained_backend
 
@@ -95,8 +95,9 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
     """One round: the factory run with ``policy`` under the evolve's stored config, training and
     evaluation; returns the round's record. ``RoundRejected`` when the model is not promoted."""
     run_id = f"{evolve_id}-r{round}"
-    sets = {**run_config, "train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
-            "policy": policy}
+    run = RunStore(Path(data_root), run_id)
+    sets = round_overrides(run_config, {"train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
+                                        "policy": policy}, run.load_config() if run.exists() else None)
     stop = f"round {round} ({run_id})"
     keep = f"the model is not promoted and the policy stays {_policy_name(policy)}"
     try:

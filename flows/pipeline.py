@@ -439,7 +439,7 @@ def record_config_change(run_dir: str, stage: str, overrides: dict | None) -> di
     store = RunStore.at(run_dir)
     old = store.load_config()
     new = RunConfig.model_validate(apply_overrides(old, overrides)).model_dump(mode="json")
-    changes = {k: {"old": _get(old, k), "new": _get(new, k)} for k in (overrides or {}) if _get(old, k) != _get(new, k)}
+    changes = {k: {"old": _get(old, k), "new": _get(new, k)} for k in (overrides or {})}
     entry = store.log_config_change(stage, changes)
     store.save_config(new)
     return entry

@@ -9,6 +9,10 @@ with the round it applies from (each round's entry also records the ``config_has
 with). ``config_changes(old, new)`` lists the differing fields (dotted; a tagged section whose
 ``kind`` changed counts as one field).
 
+``round_overrides(run_config, sets, stored)``: what a round's run is given: the whole config
+for a new run; for a run that exists (a resumed round), only the fields that differ from its
+stored config, so its ``reruns.jsonl`` logs exactly the change.
+
 ``promotion_refusal(parent, child, alpha)``: why a model is significantly worse than its
 parent on the same held-out problems (paired exact McNemar: the parent is right on more of
 the problems where they disagree, with p < alpha), or None when it is not.
@@ -20,6 +24,7 @@ import hashlib
 import json
 import time
 
+from infra.config import RunConfig, apply_overrides
 from tasks.evaluate import mcnemar
 
 
@@ -68,6 +73,15 @@ def settle_config(record: dict, cfg_json: dict, *, allow: bool, next_round: int)
     record["config_changes"] = [*record.get("config_changes", []),
                                 {"from_round": next_round, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes}]
     record.update(run_config=cfg_json, config_hash=new_hash)
+
+
+def round_overrides(run_config: dict, sets: dict, stored: dict | None) -> dict:
+    """Overrides that give a round's run ``run_config`` with ``sets`` (dotted or top-level keys):
+    all of it for a new run (``stored`` None), else the dotted fields that differ from ``stored``."""
+    if stored is None:
+        return {**run_config, **sets}
+    desired = RunConfig.model_validate(apply_overrides(run_config, sets)).model_dump(mode="json")
+    return {k: v["new"] for k, v in config_changes(stored, desired).items()}
 
 
 def promotion_refusal(parent: dict[str, bool], child: dict[str, bool], alpha: float) -> str | None:

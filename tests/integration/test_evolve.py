@@ -133,3 +133,27 @@ def test_zero_rounds_is_refused_at_once_in_one_line(tmp_path):
     assert res.returncode == 2 and "--rounds must be at least 1, got 0" in out, out[-3000:]
     assert "Traceback" not in out and "resume" not in out and len(out.splitlines()) == 1, out[-3000:]
     assert not (tmp_path / "evolve").exists()
+
+
+def test_a_model_significantly_worse_than_its_parent_is_not_promoted_unless_the_gate_is_off(prefect_api, ray_local, tmp_path):
+    """Plain DPO at a far too high learning rate wrecks the policy without a NaN: the evolve stops
+    after round 0 and keeps the starting policy; with evolve.require_not_worse off (a resume
+    with --allow-config-change) the same model is promoted."""
+    from flows.evolve import RoundRejected, sphere_evolve
+
+    cfg = str(ROOT / "configs" / "quickstart.yaml")
+    sets = {**SMALL, "train.method": "dpo", "train.lr": 0.01, "train.batch_size": 2, "train.epochs": 2}
+    with pytest.raises(RoundRejected, match="significantly worse than its parent"):
+        sphere_evolve(config_path=cfg, rounds=2, evolve_id="worse", data_root=str(tmp_path), overrides=sets)
+    record = json.loads((tmp_path / "evolve" / "worse.json").read_text())
+    (r0,) = record["rounds"]
+    start = {"kind": "tiny", "checkpoint": "policy", "batch_size": 256, "threads": 1}
+    assert r0["promoted"] is False and record["policy"] == r0["next_policy"] == start and r0["model"]["model_id"]
+    assert "significantly worse" in record["stopped"] and {e["round"] for e in r0["evals"]} == {0, 1}
+
+    off = {**sets, "evolve.require_not_worse": False}
+    again = sphere_evolve(config_path=cfg, rounds=1, evolve_id="worse", data_root=str(tmp_path), overrides=off,
+                          allow_config_change=True)
+    (r0,) = again["rounds"]
+    assert r0["promoted"] is True and again["policy"] == r0["next_policy"] != start and "stopped" not in again
+    assert again["config_changes"][-1]["changes"] == {"evolve.require_not_worse": {"old": True, "new": False}}

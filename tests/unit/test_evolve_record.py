@@ -46,3 +46,16 @@ def test_a_resume_with_another_config_is_refused_unless_allowed_and_then_recorde
     assert record["run_config"]["seeds"]["n"] == 24 and record["config_hash"] != stored["config_hash"]
     (change,) = record["config_changes"]
     assert change["from_round"] == 1 and change["changes"] == {"seeds.n": {"old": 16, "new": 24}}
+
+
+def test_a_resumed_round_is_given_only_what_differs_from_its_stored_config():
+    from tasks.evolve_record import round_overrides
+
+    run_config = _cfg(**{"seeds.n": 16})
+    sets = {"round": 1, "policy": {"kind": "tiny", "checkpoint": "/m1"}}
+    new = round_overrides(run_config, sets, None)
+    assert new["seeds"] == run_config["seeds"] and new["round"] == 1
+    stored = RunConfig.model_validate(new).model_dump(mode="json")
+    assert round_overrides(run_config, sets, stored) == {}
+    changed = {**run_config, "seeds": {**run_config["seeds"], "n": 24}}
+    assert round_overrides(changed, sets, stored) == {"seeds.n": 24}
