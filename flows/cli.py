@@ -389,7 +389,7 @@ def _check_evolve_resume(root: Path, evolve_id: str, cfg, allow: bool) -> None:
         settle_config(record, cfg.model_dump(mode="json"), allow=allow, next_round=sum(1 for r in record["rounds"] if r.get("finished")))
     except (ValueError, KeyError, TypeError) as e:
         why = str(e) if isinstance(e, EvolveConfigChanged) else f"its record {path} is damaged ({type(e).__name__}: {e})"
-        console.print(f"[red]evolve {evolve_id} cannot resume: {why}[/red]", soft_wrap=True, markup=True, highlight=False)
+        console.print(f"evolve {evolve_id} cannot resume: {why}", style="red", soft_wrap=True, markup=False, highlight=False)
         raise typer.Exit(2)
 
 
