@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -338,19 +339,69 @@ def sweep(
     Console().print(f"report: {record['report']}")
 
 
+class _HideRunErrors:
+    """Console-handler filter: Prefect's error records of flow and task runs (tracebacks) stay out
+    of the terminal, where the command prints the failure itself in one message; the Prefect
+    API (the UI) still gets them."""
+
+    def filter(self, record) -> bool:
+        return not (record.levelno >= 40 and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")))
+
+
+@contextmanager
+def _errors_reported_here():
+    import logging
+
+    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    hide = _HideRunErrors()
+    for h in handlers:
+        h.addFilter(hide)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(hide)
+
+
+def _check_evolve_resume(root: Path, evolve_id: str, cfg, allow: bool) -> None:
+    """Refuse, before any work, a resume of an evolve that does not exist or (without ``allow``)
+    names another config than the one it was started with (``tasks.evolve_record``)."""
+    from tasks.evolve_record import EvolveConfigChanged, settle_config
+
+    path = root / "evolve" / f"{evolve_id}.json"
+    if not path.is_file():
+        console.print(f"[red]evolve {evolve_id!r} not found under {root / 'evolve'}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    try:
+        record = json.loads(path.read_text())
+        settle_config(record, cfg.model_dump(mode="json"), allow=allow, next_round=sum(1 for r in record["rounds"] if r.get("finished")))
+    except (ValueError, KeyError, TypeError) as e:
+        why = str(e) if isinstance(e, EvolveConfigChanged) else f"its record {path} is damaged ({type(e).__name__}: {e})"
+        console.print(f"evolve {evolve_id} cannot resume: {why}", style="red", soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(2)
+
+
 @app.command()
 def evolve(
     config: Path = typer.Argument(..., help="Run config YAML of every round (its policy is round 0's; train/evaluate sections apply)."),
-    rounds: int = typer.Option(2, "--rounds", help="Rounds to run (generate -> train -> evaluate each)."),
+    rounds: int = typer.Option(2, "--rounds", help="Rounds to run (generate -> train -> evaluate each); at least 1."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this evolve id: finished rounds are kept, the unfinished "
                                           "round resumes from its last committed shard (training from its last epoch)."),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems per round (seeds.n)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
     sets: list[str] = typer.Option([], "--set", help="Override a config field of every round: --set train.method=sft (repeatable)."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: run the remaining rounds with "
+                                             "this config even though it differs from the evolve's stored one (the change is "
+                                             "recorded in the evolve record)."),
 ) -> None:
     """Self-evolution: each round runs the factory with the current policy, trains the next one on
-    the round's pairs and evaluates it on held-out problems (accuracy with 95% CIs)."""
-    from flows.evolve import EvolveError, accuracy_by_round, new_evolve_id, sphere_evolve
+    the round's pairs and evaluates it on held-out problems (accuracy with 95% CIs). A round's
+    model becomes the next policy only if its training did not diverge and it is not
+    significantly worse than its parent (evolve.require_not_worse); otherwise the evolve stops."""
+    if rounds < 1:
+        console.print(f"[red]--rounds must be at least 1, got {rounds}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    from flows.evolve import EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
     from infra.trainers import TrainError
 
     overrides = _parse_sets(sets)
@@ -363,20 +414,24 @@ def evolve(
         raise typer.Exit(2)
     root = _data_root(data_root, cfg.data_root)
     evolve_id = resume or new_evolve_id(cfg.name)
-    if resume and not (root / "evolve" / f"{resume}.json").is_file():
-        console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
-        raise typer.Exit(2)
+    if resume:
+        _check_evolve_resume(root, resume, cfg, allow_config_change)
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
+    hint = f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"
     try:
-        with _lifetime(f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"):
-            record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides)
+        with _lifetime(hint), _errors_reported_here():
+            record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides,
+                                   allow_config_change=allow_config_change)
+    except RoundRejected as e:  # the record keeps the parent; resuming with the same config would stop the same way
+        console.print(f"evolve {evolve_id} stopped: {e}", style="red", soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(1)
     except (EvolveError, TrainError, ValueError) as e:
-        console.print(f"[red]evolve {evolve_id} stopped: {e}[/red]")
-        console.print(f"resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}")
+        console.print(f"evolve {evolve_id} stopped: {e}", style="red", soft_wrap=True, markup=False, highlight=False)
+        console.print(f"resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}", soft_wrap=True)
         raise typer.Exit(2 if isinstance(e, ValueError) and not isinstance(e, EvolveError) else 1)
     except Exception as e:
-        console.print(f"[red]evolve {evolve_id} failed: {type(e).__name__}: {e}[/red]")
-        console.print(f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}")
+        console.print(f"evolve {evolve_id} failed: {_failure(e, root)}", style="red", soft_wrap=True, markup=False, highlight=False)
+        console.print(hint, soft_wrap=True)
         raise typer.Exit(1)
     t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})")
     for col in ("round", "model", "accuracy", "95% CI", "n"):

@@ -12,6 +12,13 @@ the rounds, their runs, policies and held-out accuracy; the report
 ``<data_root>/evolve/<evolve_id>.html`` shows accuracy per round with CIs beside the QDC of
 each round's data and the training curves. The small policy of diversity induction stays
 fixed unless the config's ``diversity.small_policy`` says otherwise.
+
+Every round runs with the validated config the record stored when the evolve started
+(``tasks.evolve_record``); a resume with another config is refused unless allowed, and then
+recorded. A round's model becomes the next policy only if its training did not diverge, its
+weights are finite and (``evolve.require_not_worse``) it is not significantly worse than its
+parent on the held-out problems; otherwise the evolve stops with one message and the record
+keeps the parent as ``policy``.
 """
 
 from __future__ import annotations
@@ -22,16 +29,29 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.pipeline import new_run_id, sphere_run
+from flows.pipeline import StageFailed, new_run_id, sphere_run
 from infra.config import RunConfig, load_config
 from infra.storage import RunStore, atomic_write_text
+from infra.trainers import TrainDiverged
+from infra.trainers.base import nonfinite_weight
 from tasks.evaluate import mcnemar
+from tasks.evolve_record import promotion_refusal, round_overrides, settle_config
 from tasks.evolve_report import write_evolve_report
 from tasks.train import policy_checkpoint, trained_backend
 
 
 class EvolveError(ValueError):
     """An evolve cannot start or go on (bad rounds, a round that trained no model)."""
+
+
+class RoundRejected(EvolveError):
+    """A round's model is not promoted (its training diverged, its weights are not finite, or it
+    is significantly worse than its parent): the evolve stops and its record keeps the parent.
+    ``entry``: what the round produced before it was stopped (run, model, evals), for the record."""
+
+    def __init__(self, message: str, entry: dict | None = None):
+        super().__init__(message)
+        self.entry = entry or {}
 
 
 def new_evolve_id(name: str) -> str:
@@ -42,24 +62,65 @@ def _record_path(root: Path, evolve_id: str) -> Path:
     return root / "evolve" / f"{evolve_id}.json"
 
 
+def _policy_name(policy: dict) -> str:
+    return f"{policy.get('kind')}:{policy.get('checkpoint') or policy.get('model') or ''}"
+
+
+def _diverged(e: BaseException) -> TrainDiverged | None:
+    """The ``TrainDiverged`` behind a failed round's run (its train stage's failure), if any."""
+    return next((c for c in getattr(e, "causes", ()) if isinstance(c, TrainDiverged)), None)
+
+
+def _items(root: Path, run_id: str) -> list[dict]:
+    store = RunStore(root, run_id)
+    return store.read_table("eval_items").to_pylist() if store.exists() else []
+
+
+def _refusal(root: Path, evolve_id: str, round: int, model: dict, cfg: RunConfig) -> str | None:
+    """Why the round's model must not become the next policy (None: promote it)."""
+    bad = nonfinite_weight(Path(model["path"]))
+    if bad is not None:
+        return f"model {model['model_id']} has non-finite weights ({bad})"
+    if not cfg.evolve.require_not_worse:
+        return None
+    items = _items(root, f"{evolve_id}-r{round}") + (_items(root, f"{evolve_id}-r{round - 1}") if round else [])
+    parent = {i["problem_id"]: i["correct"] for i in items if i["round"] == round}
+    child = {i["problem_id"]: i["correct"] for i in items if i["round"] == round + 1}
+    why = promotion_refusal(parent, child, cfg.evolve.worse_alpha)
+    return f"model {model['model_id']}: {why}" if why else None
+
+
 @flow(name="evolve-round", flow_run_name="round-{round}")
-def evolve_round(config_path: str, evolve_id: str, round: int, policy: dict, data_root: str, overrides: dict | None = None) -> dict:
-    """One round: the factory run with ``policy``, training and evaluation; returns the round's record."""
+def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, data_root: str) -> dict:
+    """One round: the factory run with ``policy`` under the evolve's stored config, training and
+    evaluation; returns the round's record. ``RoundRejected`` when the model is not promoted."""
     run_id = f"{evolve_id}-r{round}"
-    sets = {**(overrides or {}), "train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
-            "policy": policy}
-    summary = sphere_run(config_path=config_path, run_id=run_id, data_root=data_root, overrides=sets)
-    store = RunStore(Path(data_root), run_id)
+    run = RunStore(Path(data_root), run_id)
+    sets = round_overrides(run_config, {"train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
+                                        "policy": policy}, run.load_config() if run.exists() else None)
+    stop = f"round {round} ({run_id})"
+    keep = f"the model is not promoted and the policy stays {_policy_name(policy)}"
+    try:
+        summary = sphere_run(config_path=None, run_id=run_id, data_root=data_root, overrides=sets)
+    except StageFailed as e:
+        if (diverged := _diverged(e)) is not None:
+            raise RoundRejected(f"{stop}: {diverged}; {keep}") from None
+        raise
+    root = Path(data_root)
+    store = RunStore(root, run_id)
     models = store.read_table("models", "train").to_pylist()
     if not models:
         raise EvolveError(f"round {round} ({run_id}) trained no model; see its train_log and pairs")
     evals = [e for e in store.read_table("evals").to_pylist() if e["metric"] != "overlap_removed"]
     cfg = RunConfig.model_validate(store.load_config())
-    nxt = trained_backend(cfg.policy, models[0]["path"]).model_dump(mode="json")
     create_table_artifact(key=f"sphere-evolve-round-{round}", table=[{k: e[k] for k in ("round", "model", "metric", "value", "ci_low", "ci_high", "n")} for e in evals],
                           description=f"Held-out accuracy, round {round} of {evolve_id}")
-    return {"round": round, "run_id": run_id, "policy": policy, "model": models[0], "next_policy": nxt, "evals": evals,
-            "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"]}
+    result = {"round": round, "run_id": run_id, "policy": policy, "model": models[0], "evals": evals,
+              "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"]}
+    why = _refusal(root, evolve_id, round, models[0], cfg)
+    if why:
+        raise RoundRejected(f"{stop}: {why}; {keep}", result)
+    return {**result, "next_policy": trained_backend(cfg.policy, models[0]["path"]).model_dump(mode="json")}
 
 
 def _evolve_config(config_path: str, overrides: dict | None) -> RunConfig:
@@ -93,34 +154,58 @@ def _evolve_name() -> str:
     return _evolve_id(name, None)
 
 
+def _write(path: Path, record: dict) -> None:
+    atomic_write_text(path, json.dumps(record, indent=2, default=str))
+
+
 @flow(name="sphere-evolve", flow_run_name=_evolve_name)
 def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = None, data_root: str | None = None,
-                  overrides: dict | None = None) -> dict:
+                  overrides: dict | None = None, allow_config_change: bool = False) -> dict:
     """Run ``rounds`` rounds (resuming an existing ``evolve_id``: finished rounds are kept).
     Without an ``evolve_id`` (a deployment's scheduled run) the id comes from the flow run,
-    so ``prefect flow-run retry`` resumes the same evolve."""
+    so ``prefect flow-run retry`` resumes the same evolve.
+
+    Every round runs with the config stored in the record when the evolve started; a resume
+    with another config raises ``EvolveConfigChanged`` unless ``allow_config_change`` (then the
+    change is recorded with the round it applies from). A round whose model is not promoted
+    raises ``RoundRejected`` after the record is written with ``stopped`` (why) and ``policy``
+    (the parent, still the current policy)."""
     if rounds < 1:
         raise EvolveError(f"--rounds must be at least 1, got {rounds}")
     cfg = _evolve_config(config_path, overrides)  # validated before any work
     evolve_id = _evolve_id(cfg.name, evolve_id)
-    start = policy_checkpoint(cfg.policy)
-    if not start.is_dir():
-        raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
     root = Path(data_root or cfg.data_root).resolve()
     path = _record_path(root, evolve_id)
     record = json.loads(path.read_text()) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,
                                                                    "overrides": overrides or {}, "rounds": []}
-    atomic_write_text(path, json.dumps(record, indent=2, default=str))  # so --resume finds an evolve killed in its first round
     done = [r for r in record["rounds"] if r.get("finished")]
+    settle_config(record, cfg.model_dump(mode="json"), allow=allow_config_change, next_round=len(done))
+    cfg = RunConfig.model_validate(record["run_config"])
+    start = policy_checkpoint(cfg.policy)
+    if not start.is_dir():
+        raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
     policy = done[-1]["next_policy"] if done else cfg.policy.model_dump(mode="json")
+    record["policy"] = policy
+    _write(path, record)  # so --resume finds an evolve killed in its first round
     for r in range(len(done), rounds):
-        result = evolve_round.with_options(flow_run_name=f"round-{r}")(config_path, evolve_id, r, policy, str(root), overrides)
-        record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [{**result, "finished": True}]
-        atomic_write_text(path, json.dumps(record, indent=2, default=str))
+        try:
+            result = evolve_round.with_options(flow_run_name=f"round-{r}")(record["run_config"], evolve_id, r, policy, str(root))
+        except RoundRejected as e:
+            entry = {"round": r, "run_id": f"{evolve_id}-r{r}", "policy": policy, **e.entry, "config_hash": record["config_hash"],
+                     "finished": False, "promoted": False, "stopped": str(e), "next_policy": policy}
+            record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [entry]
+            record.update(policy=policy, stopped=str(e))
+            _write(path, record)
+            raise
+        record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [
+            {**result, "config_hash": record["config_hash"], "finished": True, "promoted": True}]
         policy = result["next_policy"]
+        record["policy"] = policy
+        record.pop("stopped", None)
+        _write(path, record)
     record["comparison"] = compare_rounds(root, record)
     record["report"] = str(write_evolve_report(root, record))
-    atomic_write_text(path, json.dumps(record, indent=2, default=str))
+    _write(path, record)
     create_markdown_artifact(key="sphere-evolve-report", markdown=evolve_markdown(record), description=f"Self-evolution {evolve_id}")
     return record
 
@@ -129,7 +214,7 @@ def accuracy_by_round(record: dict) -> list[dict]:
     """Greedy held-out accuracy of each round's model: round 0 = the starting policy."""
     rows = {}
     for rnd in record["rounds"]:
-        for e in rnd["evals"]:
+        for e in rnd.get("evals", []):
             if e["metric"] == "greedy":
                 rows[e["round"]] = {"round": e["round"], "model": e["model"], "accuracy": e["value"], "ci_low": e["ci_low"],
                                     "ci_high": e["ci_high"], "n": e["n"]}

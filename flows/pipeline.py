@@ -35,7 +35,9 @@ from tasks.report import build_report, qdc_rows
 
 
 class StageFailed(RuntimeError):
-    """Some shards of a stage failed; the finished ones are kept."""
+    """Some shards of a stage failed; the finished ones are kept. ``causes``: the shards' exceptions."""
+
+    causes: tuple[BaseException, ...] = ()
 
 
 class StageDeadlineExceeded(StageFailed):
@@ -117,7 +119,7 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
     config_hash = st.config_hash(cfg)
     _prune(store, st, shards)
     task = _shard_task(st, cfg)
-    done, failed = [], []
+    done, failed, causes = [], [], []
     with _host_slot(cfg, st):
         if st.backend:
             ensure_ray(cfg.pool)  # on this (the flow's) thread, not a task's
@@ -129,13 +131,16 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
                     done.append(fut.result())
                 except Exception as e:  # a failed shard fails the stage after the others finish
                     failed.append(f"{type(e).__name__}: {e}")
+                    causes.append(e)
                 progress.report(st.name, len(done) + len(failed), len(shards))
         except TimeoutError:
             raise _deadline_error(run_dir, cfg, [st], len(done), len(shards)) from None
     if st.backend and cfg.scheduling == "barrier":
         close_pool(st.backend(cfg), cfg.pool, run_dir)  # the barrier baseline: every stage loads and frees its own engines
     if failed:
-        raise StageFailed(f"{len(failed)} of {len(shards)} {st.name} shards failed (finished ones kept):\n" + "\n".join(failed))
+        err = StageFailed(f"{len(failed)} of {len(shards)} {st.name} shards failed (finished ones kept):\n" + "\n".join(failed))
+        err.causes = tuple(causes)
+        raise err
     return sorted(done)
 
 

@@ -355,6 +355,18 @@ class EvaluateConfig(_Model):
     max_tokens: int = Field(320, ge=8, description="Token budget of one whole solution.")
 
 
+class EvolveConfig(_Model):
+    """Round-level settings of ``sphere evolve`` (flows.evolve): when a round's trained model
+    becomes the next round's policy. A model whose weights are not all finite never is."""
+
+    require_not_worse: bool = Field(
+        True, description="Promote a round's model only if it is not significantly worse than its parent on the held-out "
+        "problems: paired exact McNemar on eval_items, where significantly worse = the parent is right on more problems "
+        "the model gets wrong than the reverse, with p < worse_alpha. Otherwise the evolve stops and keeps the parent. "
+        "False: promote every finite model.")
+    worse_alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the not-worse test (require_not_worse).")
+
+
 class RunConfig(_Model):
     name: str = Field("quickstart", description="Run name; prefix of the run id.")
     data_root: str = Field("data", description="Where runs, the catalog and quarantine live; relative to the current directory.")
@@ -372,6 +384,7 @@ class RunConfig(_Model):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The QDC metrics pass.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training the policy on the run's pairs (infra.trainers).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Held-out evaluation of the policy and the trained model.")
+    evolve: EvolveConfig = Field(default_factory=EvolveConfig, description="Self-evolution round settings (sphere evolve).")
     round: int = Field(0, ge=0, description="Self-evolution round this run belongs to (sphere evolve sets it; 0 for a plain run).")
     evolve_id: Optional[str] = Field(None, description="The sphere evolve this run is a round of (None for a plain run).")
     scheduling: Literal["streaming", "barrier"] = Field(

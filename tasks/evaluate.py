@@ -2,7 +2,8 @@
 
 ``held_out(section, seeds, training) -> (problems, overlap)``: the evaluation problems (the
 run's own seeds section with another generator seed, or ``section.problems``), with every
-problem whose question is also a training question removed and counted.
+problem whose question is also a training question removed and counted; none left is an
+error (``NoHeldOutProblems``). The stage's fingerprint covers a held-out file's content.
 ``evaluate_policy(problems, generate, section, ...) -> (evals rows, per-problem rows)``:
 one greedy completion per problem (the whole solution, temperature 0), plus ``k`` samples
 at ``section.temperature`` when ``k > 1`` for maj@k (the most frequent answer is right)
@@ -26,11 +27,16 @@ from infra.schemas import from_rows, require
 from tasks.answers import extract_answer, is_equivalent
 from tasks.common import RunContext, is_transient
 from tasks.search import Generate
-from tasks.seeds import load_seeds
+from tasks.seeds import load_seeds, source_hash
 from tasks.train import trained_backend
 
 STAGE = "evaluate"
 Z95 = 1.959963984540054
+
+
+class NoHeldOutProblems(ValueError):
+    """No usable held-out problem is left to evaluate on (all quarantined, none given, or all
+    training questions)."""
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -70,12 +76,17 @@ def held_out_seeds(section: EvaluateConfig, seeds: SeedsConfig) -> SeedsConfig:
 
 
 def held_out(section: EvaluateConfig, seeds: SeedsConfig, training_questions: set[str], *, run_id: str) -> tuple[pa.Table, int]:
-    """(held-out problems, how many were dropped because their question is a training question)."""
+    """(held-out problems, how many were dropped because their question is a training question).
+    ``NoHeldOutProblems`` naming the source and the counts (rows quarantined, overlapping) when
+    none is left: an evaluation on nothing is not an accuracy."""
     source = held_out_seeds(section, seeds)
-    problems, _ = load_seeds(source, run_id)
+    problems, quarantined = load_seeds(source, run_id)
     if isinstance(source, FileSeeds) and section.n:
         problems = problems.slice(0, section.n)
     keep = [q.strip() not in training_questions for q in problems.column("question").to_pylist()]
+    if not any(keep):
+        raise NoHeldOutProblems(f"no held-out problem to evaluate in {source_name(source)}: {problems.num_rows} valid, "
+                                f"{quarantined.num_rows} rows quarantined, {keep.count(False)} overlapping a training question")
     return problems.filter(pa.array(keep, pa.bool_())), keep.count(False)
 
 
@@ -112,9 +123,12 @@ def _majority_right(answers: list[str | None], gold: str) -> bool:
     return bool(votes) and is_equivalent(votes.most_common(1)[0][0], gold)
 
 
-def dataset_name(section: EvaluateConfig, seeds: SeedsConfig) -> str:
-    src = held_out_seeds(section, seeds)
+def source_name(src: SeedsConfig) -> str:
     return f"builtin:seed={src.seed}:n={src.n}" if isinstance(src, BuiltinSeeds) else "file:" + ",".join(src.paths)
+
+
+def dataset_name(section: EvaluateConfig, seeds: SeedsConfig) -> str:
+    return source_name(held_out_seeds(section, seeds))
 
 
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
@@ -128,7 +142,8 @@ def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg: RunConfig = ctx.cfg
     store = ctx.store
-    fp = ctx.fingerprint(config_hash, [("problems", "seeds"), ("models", "train")])
+    fp = {**ctx.fingerprint(config_hash, [("problems", "seeds"), ("models", "train")]),
+          "held_out": source_hash(held_out_seeds(cfg.evaluate, cfg.seeds))}  # a held-out file's content, not only its path
     if not ctx.is_done(STAGE, shard, fp):
         training = {q.strip() for q in store.read_table("problems", "seeds").column("question").to_pylist()}
         problems, overlap = held_out(cfg.evaluate, cfg.seeds, training, run_id=ctx.run_id)

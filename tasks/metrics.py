@@ -483,9 +483,15 @@ def compute_metrics(store: RunStore, section: MetricsConfig, dedup: DedupConfig,
     return from_rows(rows, "metrics")
 
 
+def pair_quarantine(store) -> list[str]:
+    """The quarantine folders of the pair tables (``<stage>-pairs``): the only quarantine the
+    metrics read, so quarantine that later stages write (train's) does not change their inputs."""
+    return sorted(p.name for p in (store.run_dir / "quarantine").glob("*-pairs") if p.is_dir())
+
+
 def _quarantined_pairs(con, store) -> dict[str, int]:
     """Quarantined pair rows per pair stage (routing's pairs are the generation stage's)."""
-    parts = store.committed_parts("quarantine")
+    parts = [p for stage in pair_quarantine(store) for p in store.committed_parts("quarantine", stage)]
     if not parts:
         return {}
     sql = (f"SELECT CASE WHEN stage = 'routing' THEN 'generation' ELSE stage END AS s, count(*) AS n "
@@ -497,7 +503,8 @@ def _quarantined_pairs(con, store) -> dict[str, int]:
 def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Compute the run's QDC ``metrics`` table (embedder built once per worker process); its path."""
     ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft", "quarantine")])
+    fp = ctx.fingerprint(config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft")]
+                         + [("quarantine", stage) for stage in pair_quarantine(ctx.store)])
     if not ctx.is_done(STAGE, shard, fp):
         section = ctx.cfg.metrics
         embedder = get_embedder(section.embedder, section.embed_batch_size)

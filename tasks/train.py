@@ -4,14 +4,17 @@
 names (``infra.trainers``: ``tiny`` or ``trl``; methods ``dpo``, ``rpo``, ``sft``) with the
 run's starting policy as both the initial weights and the frozen reference. The wrapper
 puts the trainer's work (per-epoch checkpoints, ``train_log.jsonl``) in
-``<run>/models/train/<model_id>.work/`` (a killed training resumes there from its last
-epoch checkpoint), copies the final checkpoint to ``<run>/models/train/<model_id>/`` (a
+``<run>/models/train/<model_id>-<key>.work/``, keyed by the train config and the input pairs
+(a killed training resumes there from its last epoch checkpoint; a changed config trains
+afresh in a new one and the stale one is removed), copies the final checkpoint to ``<run>/models/train/<model_id>/`` (a
 standard Hugging Face directory; the next round's policy) and commits ``train_log`` (per
 step, and per epoch on the held-out pairs) and ``models`` (the checkpoint and its lineage).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -53,6 +56,18 @@ def model_id(run_id: str, round: int) -> str:
     return f"m{round + 1}-{stable_id('model', run_id, round)[:8]}"
 
 
+def work_dir(base: Path, mid: str, fingerprint: dict) -> Path:
+    """The trainer's work directory for this config and these inputs, ``<mid>-<key>.work``
+    (a killed training with the same ones resumes there); the work directories of other
+    configs or inputs of the same model are stale and removed."""
+    key = hashlib.sha256(json.dumps([fingerprint["config"], fingerprint["inputs"]]).encode()).hexdigest()[:8]
+    out = base / f"{mid}-{key}.work"
+    for stale in base.glob(f"{mid}*.work"):
+        if stale != out:
+            shutil.rmtree(stale, ignore_errors=True)
+    return out
+
+
 def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy_dir: Path, out_dir: Path) -> TrainResult:
     """Train from ``policy_dir`` (also the reference) on ``pairs`` / ``sft``; see ``infra.trainers``."""
     return train(TrainJob(policy_dir=policy_dir, reference_dir=policy_dir, pairs=pairs, sft=sft, cfg=section, out_dir=out_dir))
@@ -70,7 +85,7 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
         base = store.run_dir / "models" / STAGE
         policy_dir = policy_checkpoint(cfg.policy)
         result = train_policy(store.read_table("pairs"), store.read_table("sft"), cfg.train, policy_dir=policy_dir,
-                              out_dir=base / f"{mid}.work")
+                              out_dir=work_dir(base, mid, fp))
         dest = base / mid
         atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))
         n = result.n_train + result.n_val  # training examples: pairs, or SFT rows for method sft

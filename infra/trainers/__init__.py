@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from infra.trainers.base import Trainer, TrainError, TrainJob, TrainResult
+from infra.trainers.base import Trainer, TrainDiverged, TrainError, TrainJob, TrainResult
 
 
 def _tiny() -> Trainer:
@@ -42,4 +42,4 @@ def train(job: TrainJob) -> TrainResult:
     return get_trainer(job.cfg.kind).train(job)
 
 
-__all__ = ["TRAINERS", "TrainError", "TrainJob", "TrainResult", "Trainer", "get_trainer", "train"]
+__all__ = ["TRAINERS", "TrainDiverged", "TrainError", "TrainJob", "TrainResult", "Trainer", "get_trainer", "train"]

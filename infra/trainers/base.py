@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,11 @@ JOB_NAME = "job.json"
 class TrainError(RuntimeError):
     """A training job cannot run: no pairs left after the filters, missing columns, an
     ``out_dir`` that belongs to another job, a missing optional dependency."""
+
+
+class TrainDiverged(TrainError):
+    """The loss or the weights stopped being finite: the training diverged (too high a
+    learning rate, most often). The message names the step."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +181,42 @@ def prepare(job: TrainJob) -> TrainData:
     elif not train_pairs:
         raise TrainError(f"no training pairs (method {cfg.method}): {counts}")
     return TrainData(train_pairs, val_pairs, train_sft, val_sft)
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def check_loss(step: int, loss: float) -> None:
+    """``TrainDiverged`` naming ``step`` when its loss is not finite."""
+    if not math.isfinite(loss):
+        raise TrainDiverged(f"training diverged at step {step}: loss {loss}; no checkpoint of this epoch was written "
+                            "(lower train.lr)")
+
+
+def check_weights(step: int, parameters) -> None:
+    """``TrainDiverged`` naming ``step`` when any weight is not finite after its update."""
+    import torch
+
+    with torch.no_grad():
+        bad = next((n for n, p in parameters if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise TrainDiverged(f"training diverged at step {step}: weight {bad} is not finite after the update; no "
+                            "checkpoint of this epoch was written (lower train.lr)")
+
+
+def nonfinite_weight(checkpoint_dir: Path) -> str | None:
+    """The name of the first tensor of a Hugging Face checkpoint (``*.safetensors``) that holds a
+    NaN or an infinity, as ``file:tensor``; None when every weight is finite."""
+    import torch
+    from safetensors import safe_open
+
+    for f in sorted(Path(checkpoint_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                t = st.get_tensor(name)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"{f.name}:{name}"
+    return None
 
 
 # ---------------------------------------------------------------- the output folder

@@ -17,6 +17,9 @@ directory is written last, so its presence means both are complete). A call with
 job continues from the last such epoch with the optimizer state restored, so an
 interrupted run ends bit-identical to an uninterrupted one. ``.state`` is deleted once
 ``final/`` is written.
+
+A non-finite loss or non-finite weights after a step stop the job with ``TrainDiverged``
+naming the step (``infra.trainers.base.check_loss`` / ``check_weights``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,19 @@ import torch
 from infra.storage import atomic_write
 from infra.tiny.hf import load_pretrained, save_pretrained
 from infra.tiny.model import BOS, EOS, PAD, TinyLM, Tokenizer
-from infra.trainers.base import TrainJob, TrainLog, TrainResult, claim, epoch_dirs, fingerprint, finished, prepare, row
+from infra.trainers.base import (
+    TrainJob,
+    TrainLog,
+    TrainResult,
+    check_loss,
+    check_weights,
+    claim,
+    epoch_dirs,
+    fingerprint,
+    finished,
+    prepare,
+    row,
+)
 from infra.trainers.losses import completion_logps, dpo_losses, pair_metrics, rpo_losses, sft_loss
 
 Encoded = tuple[list[int], list[bool]]
@@ -195,6 +210,8 @@ class TinyTrainer:
                     step_times.append(time.perf_counter() - ts)
                     step, ran = step + 1, ran + 1
                     log.add(row(step, epoch, "train", loss, **metrics))
+                    check_loss(step, loss)
+                    check_weights(step, model.named_parameters())
                 val = validate(model, cfg, val_pairs, ref_val, val_sft, max(cfg.batch_size, 32))
                 if val is not None:
                     log.add(row(step, epoch, "val", **val))

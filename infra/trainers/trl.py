@@ -20,7 +20,8 @@ RNG) under ``out_dir/hf-trainer/`` at each epoch end; after it (``on_save``), th
 tokenizer are written to ``out_dir/epoch-<k>/`` (a sibling temp dir, then renamed). A call
 with the same job resumes the Trainer from the checkpoint of the last complete
 ``epoch-<k>`` (optimizer state included). ``hf-trainer/`` is deleted once ``final/`` is
-written.
+written. A non-finite logged loss or non-finite weights after a step (checked before the
+step's checkpoint) stop the job with ``TrainDiverged`` naming the step.
 
 ``cfg.num_gpus > 0``: the same training runs inside a Ray actor holding that many GPUs
 (Ray started by ``infra.pool.ensure_ray`` if this process has none; ``out_dir`` and the
@@ -44,6 +45,8 @@ from infra.trainers.base import (
     TrainJob,
     TrainLog,
     TrainResult,
+    check_loss,
+    check_weights,
     claim,
     epoch_dirs,
     fingerprint,
@@ -105,14 +108,17 @@ def _callback(log: TrainLog, out: Path, save_tok, meta: dict, step_times: list[f
         def on_step_begin(self, args, state, control, **kw):
             self._t = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args, state, control, model=None, **kw):
             step_times.append(time.perf_counter() - self._t)
+            if model is not None:  # before on_save: a diverged step writes no epoch checkpoint
+                check_weights(state.global_step, model.named_parameters())
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             epoch = max(1, math.ceil(round(state.epoch or 0, 6)))  # the epoch being (or just) trained, from 1
             if "loss" in logs:
                 log.add(row(state.global_step, epoch, "train", logs["loss"], **{k: logs.get(v) for k, v in STEP_KEYS.items()}))
+                check_loss(state.global_step, float(logs["loss"]))
             if "eval_loss" in logs:
                 log.add(row(state.global_step, epoch, "val", logs["eval_loss"],
                             **{k: logs.get(f"eval_{v}") for k, v in STEP_KEYS.items()}))
@@ -156,6 +162,7 @@ def _args(cfg, out: Path, has_val: bool, max_length: int | None) -> dict:
         max_grad_norm=1.0,
         logging_strategy="steps",
         logging_steps=1,
+        logging_nan_inf_filter=False,  # a non-finite loss is logged as it is, and stops the job (check_loss)
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
         save_total_limit=2,

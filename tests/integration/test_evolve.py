@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from infra.storage import RunStore
+from tasks.evolve_record import EvolveConfigChanged
 from tests.conftest import ROOT
 
 SMALL = {"seeds.n": 16, "generation.shard_size": 8, "metrics.embedder": "hashed", "evaluate.n": 40,
@@ -49,6 +51,26 @@ def test_two_rounds_chain_their_policies_and_a_resume_redoes_nothing(prefect_api
     again = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=sets)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/ev-r*/_done/stages/*.json")} == stamps
     assert [r["model"]["model_id"] for r in again["rounds"]] == [m0["model_id"], m1["model_id"]]
+    assert record["run_config"]["evaluate"]["n"] == 40 and record["policy"] == r1["next_policy"]
+    assert [r["config_hash"] for r in record["rounds"]] == [record["config_hash"]] * 2 and all(r["promoted"] for r in record["rounds"])
+
+    # a resume with another config is refused (in the flow and, before any work, in the CLI) ...
+    stored = (tmp_path / "evolve" / "ev.json").read_text()
+    changed = {**sets, "evaluate.n": 30}
+    with pytest.raises(EvolveConfigChanged, match=r"evaluate\.n 40 -> 30"):
+        sphere_evolve(config_path=cfg, rounds=3, evolve_id="ev", data_root=str(tmp_path), overrides=changed)
+    flags = [x for k, v in changed.items() for x in ("--set", f"{k}={v}")]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "evolve", cfg, "--rounds", "3", "--resume", "ev", "--data-root",
+                          str(tmp_path), *flags], cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2 and "evaluate.n 40 -> 30" in out and "--allow-config-change" in out and "Traceback" not in out, out
+    assert (tmp_path / "evolve" / "ev.json").read_text() == stored and not (tmp_path / "runs" / "ev-r2").exists()
+    # ... unless allowed: then the change is recorded with the round it applies from
+    allowed = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=changed,
+                            allow_config_change=True)
+    assert allowed["config_changes"] == [{**allowed["config_changes"][0], "from_round": 2,
+                                          "changes": {"evaluate.n": {"old": 40, "new": 30}}}]
+    assert allowed["run_config"]["evaluate"]["n"] == 30 and allowed["config_hash"] != record["config_hash"]
 
 
 def test_kill_during_training_then_resume_finishes_from_the_last_epoch_checkpoint(tmp_path):
@@ -79,3 +101,59 @@ def test_kill_during_training_then_resume_finishes_from_the_last_epoch_checkpoin
     parts = list(tmp_path.glob("runs/*/models/train/part-*.parquet"))
     ids = [m for p in parts for m in pq.read_table(p).column("model_id").to_pylist()]
     assert len(ids) == 1  # one model, no duplicate
+
+
+def _evolve_cli(tmp_path: Path, *args: str, sets: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    flags = [x for k, v in {**SMALL, **(sets or {})}.items() for x in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "flows.cli", "evolve", str(ROOT / "configs" / "quickstart.yaml"), "--data-root", str(tmp_path),
+           *args, *flags]
+    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_diverged_model_is_not_promoted_and_the_evolve_stops_with_one_message(tmp_path):
+    """train.lr=1000: the loss goes to nan in round 0; the evolve must stop there naming the step,
+    keep the starting policy in its record and record no model."""
+    res = _evolve_cli(tmp_path, "--rounds", "2", sets={"train.lr": 1000})
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert out.count("diverged at step") == 1 and "Traceback" not in out, out[-3000:]
+    line = next(x for x in out.splitlines() if "diverged at step" in x)
+    assert line.startswith("evolve ") and "round 0" in line
+    record = json.loads(next((tmp_path / "evolve").glob("*.json")).read_text())
+    start = {"kind": "tiny", "checkpoint": "policy", "batch_size": 256, "threads": 1}
+    assert record["policy"] == start and "diverged at step" in record["stopped"]
+    (r0,) = record["rounds"]
+    assert r0["round"] == 0 and r0["promoted"] is False and r0["next_policy"] == start and not r0.get("finished")
+    assert RunStore(tmp_path, r0["run_id"]).read_table("models").num_rows == 0
+
+
+def test_zero_rounds_is_refused_at_once_in_one_line(tmp_path):
+    res = _evolve_cli(tmp_path, "--rounds", "0", timeout=120)
+    out = (res.stdout + res.stderr).strip()
+    assert res.returncode == 2 and "--rounds must be at least 1, got 0" in out, out[-3000:]
+    assert "Traceback" not in out and "resume" not in out and len(out.splitlines()) == 1, out[-3000:]
+    assert not (tmp_path / "evolve").exists()
+
+
+def test_a_model_significantly_worse_than_its_parent_is_not_promoted_unless_the_gate_is_off(prefect_api, ray_local, tmp_path):
+    """Plain DPO at a far too high learning rate wrecks the policy without a NaN: the evolve stops
+    after round 0 and keeps the starting policy; with evolve.require_not_worse off (a resume
+    with --allow-config-change) the same model is promoted."""
+    from flows.evolve import RoundRejected, sphere_evolve
+
+    cfg = str(ROOT / "configs" / "quickstart.yaml")
+    sets = {**SMALL, "train.method": "dpo", "train.lr": 0.01, "train.batch_size": 2, "train.epochs": 2}
+    with pytest.raises(RoundRejected, match="significantly worse than its parent"):
+        sphere_evolve(config_path=cfg, rounds=2, evolve_id="worse", data_root=str(tmp_path), overrides=sets)
+    record = json.loads((tmp_path / "evolve" / "worse.json").read_text())
+    (r0,) = record["rounds"]
+    start = {"kind": "tiny", "checkpoint": "policy", "batch_size": 256, "threads": 1}
+    assert r0["promoted"] is False and record["policy"] == r0["next_policy"] == start and r0["model"]["model_id"]
+    assert "significantly worse" in record["stopped"] and {e["round"] for e in r0["evals"]} == {0, 1}
+
+    off = {**sets, "evolve.require_not_worse": False}
+    again = sphere_evolve(config_path=cfg, rounds=1, evolve_id="worse", data_root=str(tmp_path), overrides=off,
+                          allow_config_change=True)
+    (r0,) = again["rounds"]
+    assert r0["promoted"] is True and again["policy"] == r0["next_policy"] != start and "stopped" not in again
+    assert again["config_changes"][-1]["changes"] == {"evolve.require_not_worse": {"old": True, "new": False}}

@@ -17,7 +17,7 @@ from infra.tiny.hf import load_pretrained
 from infra.tiny.model import sample
 from infra.tiny.train import PROMPT, corrupt_step
 from infra.tiny.worldgen import Difficulty, generate
-from infra.trainers import TrainError, TrainJob, train
+from infra.trainers import TrainDiverged, TrainError, TrainJob, train
 from infra.trainers import trl as trl_trainer
 from tests.conftest import ROOT
 
@@ -107,3 +107,11 @@ def test_the_gpu_path_runs_the_job_in_a_ray_actor(tmp_path):
     finally:
         if started:
             ray.shutdown()
+
+
+def test_a_diverging_trl_training_stops_naming_the_step_and_writes_no_final(tmp_path):
+    pairs = pj.read_json(export_file(tmp_path, 24))
+    with pytest.raises(TrainDiverged, match=r"diverged at step \d+") as e:
+        train(trl_job(tmp_path, pairs, "out", epochs=1, lr=1000.0, val_share=0.0))
+    assert "train.lr" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "final").exists() and not list((tmp_path / "out").glob("epoch-*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra.backends.base import Completion, GenResult
-from infra.config import BuiltinSeeds, ConfigError, EvaluateConfig, load_config
+from infra.config import BuiltinSeeds, ConfigError, EvaluateConfig, FileSeeds, load_config
 from infra.schemas import from_rows
-from tasks.evaluate import evaluate_policy, held_out, mcnemar, wilson
+from tasks.evaluate import NoHeldOutProblems, evaluate_policy, held_out, mcnemar, wilson
 
 
 def test_wilson_interval_matches_known_values_and_contains_the_estimate():
@@ -87,3 +88,30 @@ def test_wilson_is_symmetric():
         lo, hi = wilson(k, n)
         lo2, hi2 = wilson(n - k, n)
         assert math.isclose(lo, 1 - hi2) and math.isclose(hi, 1 - lo2)
+
+
+def _file_section(path, n: int = 500) -> EvaluateConfig:
+    return EvaluateConfig(problems=FileSeeds(paths=[str(path)]), n=n)
+
+
+@pytest.mark.parametrize("content, counts", [
+    ('{"question": "no answer"}\nnot json\n', "2 rows quarantined"),  # malformed
+    ("", "0 rows quarantined"),  # empty (a rerun --set can name one; check_inputs only runs on new runs)
+])
+def test_a_held_out_file_with_no_usable_problem_is_an_error_naming_it_and_the_counts(tmp_path, content, counts):
+    f = tmp_path / "held.jsonl"
+    f.write_text(content)
+    with pytest.raises(NoHeldOutProblems, match="held.jsonl") as e:
+        held_out(_file_section(f), BuiltinSeeds(), set(), run_id="r")
+    assert counts in str(e.value) and "0 overlapping" in str(e.value)
+
+
+def test_held_out_problems_that_all_are_training_questions_are_an_error(tmp_path):
+    f = tmp_path / "held.jsonl"
+    rows = [{"question": f"How many apples are {i} and 1?", "answer": f"so.\n#### {i + 1}"} for i in range(3)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    training = {r["question"] for r in rows}
+    with pytest.raises(NoHeldOutProblems, match=r"held\.jsonl.*0 rows quarantined, 3 overlapping a training question"):
+        held_out(_file_section(f), BuiltinSeeds(), training, run_id="r")
+    problems, overlap = held_out(_file_section(f), BuiltinSeeds(), training - {rows[0]["question"]}, run_id="r")
+    assert problems.num_rows == 1 and overlap == 2

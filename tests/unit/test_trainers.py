@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from infra.config import ConfigError, TrainConfig, load_config
 from infra.tiny.hf import load_pretrained
 from infra.tiny.train import PROMPT, corrupt_step
 from infra.tiny.worldgen import Difficulty, generate
-from infra.trainers import TrainError, TrainJob, train
+from infra.trainers import TrainDiverged, TrainError, TrainJob, train
 from infra.trainers import tiny as tiny_trainer
 from infra.trainers.base import in_val, prepare, read_log
 from infra.trainers.losses import completion_logps, dpo_losses, pair_metrics, rpo_losses, sft_loss
@@ -241,3 +242,12 @@ def test_another_job_cannot_reuse_an_out_dir(tmp_path):
     train(job(tmp_path, pairs, epochs=1, max_steps=1))
     with pytest.raises(TrainError, match="another job"):
         train(job(tmp_path, pairs, epochs=1, max_steps=1, lr=3e-4))
+
+
+def test_a_diverging_training_stops_naming_the_step_and_writes_no_checkpoint(tmp_path):
+    """lr=1000: the loss goes 1.5 -> 7e8 -> nan and every weight turns NaN; the trainer must stop there."""
+    with pytest.raises(TrainDiverged, match=r"diverged at step \d+") as e:
+        train(job(tmp_path, make_pairs(32), method="rpo", epochs=1, lr=1000))
+    step = int(re.search(r"step (\d+)", str(e.value)).group(1))
+    assert 1 <= step <= 3 and "train.lr" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "final").exists() and not list((tmp_path / "out").glob("epoch-*"))

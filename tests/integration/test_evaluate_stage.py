@@ -1,0 +1,38 @@
+"""The evaluate stage and its held-out input: the shard's fingerprint covers the held-out
+file's content, so a file changed under the same path is evaluated again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows import stages as declared
+from flows.pipeline import prepare_run
+from infra.config import RunConfig
+from infra.storage import RunStore
+from tests.conftest import DATA, ROOT
+
+
+def _held_out(path: Path, n: int) -> None:
+    """The first ``n`` rows of the vendored GSM8K test sample."""
+    path.write_text("\n".join((DATA / "gsm8k_test_sample.jsonl").read_text().splitlines()[:n]) + "\n")
+
+
+def _evaluate(run_dir: str) -> int:
+    """Run the seeds and evaluate stages' shard tasks; the greedy n the evaluation reports."""
+    cfg = RunConfig.model_validate(RunStore.at(run_dir).load_config())
+    for name in ("seeds", "evaluate"):
+        st = declared.get(name)
+        st.task.fn(run_dir, "00000", st.config_hash(cfg))
+    (greedy,) = [e for e in RunStore.at(run_dir).read_table("evals").to_pylist() if e["metric"] == "greedy"]
+    return greedy["n"]
+
+
+def test_a_held_out_file_changed_under_the_same_path_is_evaluated_again(ray_local, tmp_path):
+    held = tmp_path / "held.jsonl"
+    _held_out(held, 3)
+    sets = {"seeds.n": 4, "pool.actors": 1, "evaluate.enabled": True, "evaluate.max_tokens": 16,
+            "evaluate.problems": {"kind": "file", "paths": [str(held)]}}
+    run_dir = prepare_run(str(ROOT / "configs" / "quickstart.yaml"), "r", str(tmp_path / "data"), sets)
+    assert _evaluate(run_dir) == 3
+    _held_out(held, 5)  # same path, same config: only the content changed
+    assert _evaluate(run_dir) == 5

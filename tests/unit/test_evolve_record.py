@@ -1,0 +1,61 @@
+"""The evolve record's rules: the stored config a resume must match, and the promotion gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.config import RunConfig
+from tasks.evolve_record import EvolveConfigChanged, config_changes, promotion_refusal, settle_config
+
+
+def _cfg(**sets) -> dict:
+    from infra.config import apply_overrides
+
+    return RunConfig.model_validate(apply_overrides({"seeds": {"kind": "builtin"}}, sets)).model_dump(mode="json")
+
+
+def test_a_model_that_breaks_significantly_more_than_it_fixes_is_refused():
+    parent = {f"p{i}": i < 30 for i in range(40)}
+    worse = {f"p{i}": i < 10 for i in range(40)}  # breaks 20 the parent solves, fixes none
+    why = promotion_refusal(parent, worse, 0.05)
+    assert why and "breaks 20" in why and "fixes 0" in why and "McNemar" in why
+    assert promotion_refusal(parent, worse, 1e-9) is None  # not significant at that level
+    slightly = {**parent, "p0": False, "p1": False, "p35": True}  # breaks 2, fixes 1: not significant
+    assert promotion_refusal(parent, slightly, 0.05) is None
+    better = {f"p{i}": i < 38 for i in range(40)}
+    assert promotion_refusal(parent, better, 0.05) is None and promotion_refusal({}, better, 0.05) is None
+
+
+def test_config_changes_name_the_fields_and_a_changed_kind_is_one_field():
+    old, new = _cfg(**{"seeds.n": 16}), _cfg(**{"seeds.n": 24, "evaluate.temperature": 0.5})
+    assert config_changes(old, new) == {"evaluate.temperature": {"old": 0.8, "new": 0.5}, "seeds.n": {"old": 16, "new": 24}}
+    other = _cfg(**{"seeds.n": 16, "policy": {"kind": "openai", "model": "m"}})
+    assert list(config_changes(old, other)) == ["policy"]
+
+
+def test_a_resume_with_another_config_is_refused_unless_allowed_and_then_recorded():
+    record = {"evolve_id": "ev", "rounds": []}
+    settle_config(record, _cfg(**{"seeds.n": 16}), allow=False, next_round=0)
+    stored = dict(record)
+    settle_config(record, _cfg(**{"seeds.n": 16}), allow=False, next_round=1)  # the same config: nothing changes
+    assert record == stored
+    with pytest.raises(EvolveConfigChanged, match=r"seeds\.n 16 -> 24.*--allow-config-change"):
+        settle_config(record, _cfg(**{"seeds.n": 24}), allow=False, next_round=1)
+    assert record == stored
+    settle_config(record, _cfg(**{"seeds.n": 24}), allow=True, next_round=1)
+    assert record["run_config"]["seeds"]["n"] == 24 and record["config_hash"] != stored["config_hash"]
+    (change,) = record["config_changes"]
+    assert change["from_round"] == 1 and change["changes"] == {"seeds.n": {"old": 16, "new": 24}}
+
+
+def test_a_resumed_round_is_given_only_what_differs_from_its_stored_config():
+    from tasks.evolve_record import round_overrides
+
+    run_config = _cfg(**{"seeds.n": 16})
+    sets = {"round": 1, "policy": {"kind": "tiny", "checkpoint": "/m1"}}
+    new = round_overrides(run_config, sets, None)
+    assert new["seeds"] == run_config["seeds"] and new["round"] == 1
+    stored = RunConfig.model_validate(new).model_dump(mode="json")
+    assert round_overrides(run_config, sets, stored) == {}
+    changed = {**run_config, "seeds": {**run_config["seeds"], "n": 24}}
+    assert round_overrides(changed, sets, stored) == {"seeds.n": 24}
