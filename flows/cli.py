@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from flows import stages as declared
+from infra import integrity
 from infra.config import ConfigError, check_inputs, load_config
-from infra.storage import RunNotFound, RunStore
+from infra.storage import RunNotFound, RunStore, StorageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
 console = Console(stderr=True)
@@ -123,8 +124,9 @@ def run(
     run_id = resume or new_run_id(cfg.name)
     try:
         run_dir = prepare_run(str(path), run_id, str(root), overrides)
-    except ValueError as e:  # --set on resume that does not validate, or a stage graph that cannot run (StageGraphError)
-        console.print(f"[red]{e}[/red]")
+    except (ValueError, StorageError) as e:  # --set on resume that does not validate, a stage graph that cannot run
+        # (StageGraphError), a damaged config.json (DamagedFile)
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
     hint = f"finished shards are kept; resume with: sphere run --resume {run_id} --data-root {root}"
@@ -243,6 +245,11 @@ def rerun(
         raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names())}")
     run_dir = _run_dir(run_id, data_root)
     try:
+        RunStore.at(run_dir).load_config()
+    except StorageError as e:  # a damaged config.json: nothing to rerun from
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    try:
         with _lifetime(f"finished shards are kept; run it again: sphere rerun {run_id} --stage {stage} --data-root {_data_root(data_root)}"):
             summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
     except Exception as e:
@@ -270,12 +277,25 @@ def export(
     if fmt not in ("dpo", "sft"):
         raise typer.BadParameter(f"--format must be dpo or sft, not {fmt!r}")
     run_dir = _run_dir(run_id, data_root)
-    missing = unfinished_stages(run_dir)
+    try:
+        missing = unfinished_stages(run_dir)
+    except StorageError as e:  # a damaged config.json
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    problems = [p for p in integrity.check(RunStore.at(run_dir)) if p.path.name != "status.json"]
+    if problems and not allow_incomplete:
+        console.print(f"[red]run {run_id} is damaged or incomplete, so the export would silently lack rows: "
+                      f"{integrity.summary(problems, 10)}. Or pass --allow-incomplete.[/red]", soft_wrap=True)
+        raise typer.Exit(2)
     if missing and not allow_incomplete:
         console.print(f"[red]run {run_id} is not finished: stages {', '.join(missing)} have not completed. Finish it with "
                       f"`sphere run --resume {run_id}`, or pass --allow-incomplete.[/red]")
         raise typer.Exit(2)
-    paths = export_run(Path(run_dir), fmt, to, chat=chat)
+    try:
+        paths = export_run(Path(run_dir), fmt, to, chat=chat)
+    except StorageError as e:  # --allow-incomplete over a damaged shard
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(1)
     for p in paths:
         Console().print(f"wrote {p}")
 
@@ -293,8 +313,8 @@ def report(
     dirs = [_run_dir(r, data_root) for r in (run_id, *compare)]
     try:
         path, runs = build_report(dirs, out)
-    except ReportError as e:
-        console.print(f"[red]{e}[/red]")
+    except (ReportError, StorageError) as e:
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(1)
     for t in summary_tables(runs):
         Console(width=max(Console().width, 160)).print(t)

@@ -27,10 +27,10 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stages as declared
-from infra import catalog, progress, validation
+from infra import catalog, integrity, progress, validation
 from infra.config import RunConfig, apply_overrides, check_inputs, load_config
 from infra.pool import close_pool, close_pools, close_run_pools, ensure_ray, fits, prewarm, run_pools, total_need
-from infra.storage import RunStore
+from infra.storage import RunStore, StorageError
 from tasks.report import build_report, qdc_rows
 
 
@@ -61,7 +61,8 @@ def prepare_run(
 ) -> str:
     """Create a run directory with its validated config, or open an existing one (resume).
 
-    Resuming with ``overrides`` applies them to the stored config and logs the change to
+    Resuming moves damaged records aside (``integrity.set_aside``: their shards are recomputed)
+    and, with ``overrides``, applies them to the stored config and logs the change to
     ``reruns.jsonl``; the stages whose config changed then recompute (their fingerprints
     differ), the others are skipped. The stage graph is checked before anything is written.
     """
@@ -71,7 +72,8 @@ def prepare_run(
     store = RunStore(root, run_id)
     if store.exists():
         store.remove_stale_temps()  # a killed writer's leftovers; the shards they belonged to are redone
-        stored = store.load_config()
+        stored = store.load_config()  # damaged: DamagedFile, naming it, before anything moves
+        integrity.set_aside(store)  # damaged records and the commits of missing files: those shards are redone
         if RunConfig.model_validate(apply_overrides(stored, overrides)).model_dump(mode="json") != stored:
             record_config_change(str(store.run_dir), "resume", overrides)
             stored = store.load_config()
@@ -138,6 +140,10 @@ def _prune(store: RunStore, st: declared.Stage, shards: list[str]) -> None:
     """A new sharding leaves no stale shards of ``st`` behind (their quarantine and suite results neither)."""
     if st.shards is declared.one_shard:
         return
+    keep = set(shards)
+    stale = [m for m in sorted((store.run_dir / "_done" / "stages").glob(f"{st.name}.*.json")) if m.stem.partition(".")[2] not in keep]
+    if stale:  # the commits first, so no reader sees a commit whose files were moved
+        store.supersede(stale, f"stale-{st.name}")
     for table in st.writes:
         store.prune(table, st.name, shards)
         for implicit in declared.IMPLICIT_WRITES:
@@ -392,12 +398,18 @@ def _fitting(group: list[declared.Stage], cfg: RunConfig) -> list[list[declared.
 
 
 def unfinished_stages(run_dir: str) -> list[str]:
-    """The run's enabled stages that are not finished: a shard without its marker, or a stage
-    that runs after an unfinished one (whose shards are not even listed yet)."""
+    """The run's enabled stages that are not finished: a shard that is not committed (its stage
+    marker, or the marker of a table that marker lists, is missing or unreadable), a stage whose
+    shards cannot be listed (a damaged manifest or routing marker), or a stage that runs after
+    an unfinished one (whose shards are not even listed yet)."""
     store = RunStore.at(run_dir)
     out: list[str] = []
     for st in declared.check_stages(RunConfig.model_validate(store.load_config())):
-        if set(st.after) & set(out) or not all(store.stage_marker_path(st.name, sh).is_file() for sh in st.shards(run_dir)):
+        try:
+            done = not set(st.after) & set(out) and all(store.stage_done(st.name, sh) for sh in st.shards(run_dir))
+        except StorageError:
+            done = False
+        if not done:
             out.append(st.name)
     return out
 
@@ -413,11 +425,12 @@ def stage_outputs(store: RunStore, stage: str) -> list[Path]:
     and its manifest."""
     st = declared.get(stage)
     run = store.run_dir
-    paths = [run / t / stage for t in st.writes] + [d for t in declared.IMPLICIT_WRITES for d in (run / t).glob(f"{stage}-*")]
     done = run / "_done"
+    paths = list((done / "stages").glob(f"{stage}.*.json"))  # the commits first: a reader never sees one without its files
+    paths += [run / t / stage for t in st.writes] + [d for t in declared.IMPLICIT_WRITES for d in (run / t).glob(f"{stage}-*")]
     paths += [m for t in (*st.writes, *declared.IMPLICIT_WRITES) for m in done.glob(f"{t}.{stage}.*.json")]
     paths += [m for t in declared.IMPLICIT_WRITES for m in done.glob(f"{t}.{stage}-*.json")]
-    paths += list((done / "stages").glob(f"{stage}.*.json")) + [done / f"{stage}.manifest.json"]
+    paths += [done / f"{stage}.manifest.json"]
     return [p for p in dict.fromkeys(paths) if p.exists()]
 
 

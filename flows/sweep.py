@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.pipeline import new_run_id, sphere_run
 from infra.config import load_config
+from infra.storage import read_json
 
 
 class SweepError(ValueError):
@@ -46,7 +47,8 @@ def sphere_sweep(config_path: str, grid: dict[str, list], sweep_id: str, data_ro
     cfg = load_config(config_path, overrides)
     root = Path(data_root or cfg.data_root).resolve()
     record_path = root / "sweeps" / f"{sweep_id}.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"sweep_id": sweep_id, "grid": grid, "runs": []}
+    record = (read_json(record_path, "it lists the sweep's runs: restore it, or start a new sweep (the runs are kept)")
+              if record_path.is_file() else {"sweep_id": sweep_id, "grid": grid, "runs": []})
     record_path.parent.mkdir(parents=True, exist_ok=True)
     for i, point in enumerate(points):
         if i < len(record["runs"]):
