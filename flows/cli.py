@@ -19,6 +19,7 @@ from rich.table import Table
 
 from flows import stages as declared
 from infra import integrity
+from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.config import ConfigError, check_inputs, load_config
 from infra.storage import RunNotFound, RunStore, StorageError
 
@@ -95,6 +96,7 @@ def _print_table(t, fmt: str, out: Optional[Path]) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the offline quickstart)."),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run id: finished shards are kept, the rest is redone."),
@@ -122,6 +124,7 @@ def run(
     if resume:
         _run_dir(resume, root)
     run_id = resume or new_run_id(cfg.name)
+    _hold(ctx, run_lock(root / "runs" / run_id))
     try:
         run_dir = prepare_run(str(path), run_id, str(root), overrides)
     except (ValueError, StorageError) as e:  # --set on resume that does not validate, a stage graph that cannot run
@@ -219,6 +222,16 @@ def _data_root(option: Optional[Path], config_root: str | None = None) -> Path:
     return (option or Path(os.environ.get("SPHERE_DATA_ROOT") or config_root or "data")).resolve()
 
 
+def _hold(ctx: typer.Context, lock) -> None:
+    """Hold a writer lock (``infra.locks``) until the command ``ctx`` ends; when another process
+    holds it, one message naming that process and exit code 3, at once."""
+    try:
+        ctx.with_resource(lock)
+    except WriterLocked as e:
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(3)
+
+
 def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
     try:
         return str(RunStore.open(_data_root(data_root), run_id).run_dir)
@@ -229,6 +242,7 @@ def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
 
 @app.command()
 def rerun(
+    ctx: typer.Context,
     run_id: str = typer.Argument(..., help="The run to rerun a stage of."),
     stage: str = typer.Option(..., "--stage", help="One of: " + " | ".join(declared.names()) + " (it and everything downstream rerun)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
@@ -244,6 +258,7 @@ def rerun(
     if stage not in declared.names():
         raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names())}")
     run_dir = _run_dir(run_id, data_root)
+    _hold(ctx, run_lock(run_dir))
     try:
         RunStore.at(run_dir).load_config()
     except StorageError as e:  # a damaged config.json: nothing to rerun from
@@ -323,6 +338,7 @@ def report(
 
 @app.command()
 def sweep(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="Run config YAML; its seeds are shared by every point."),
     grid: list[str] = typer.Option(..., "--grid", help="field=v1,v2,... (repeatable; the sweep runs the cartesian product), "
                                    "e.g. --grid search.temperature=0.3,0.8,1.5 --grid search.candidates=3,6"),
@@ -350,6 +366,7 @@ def sweep(
         raise typer.Exit(2)
     sweep_id = resume or new_sweep_id(cfg.name)
     root = _data_root(data_root, cfg.data_root)
+    _hold(ctx, writer_lock(root / "sweeps" / f"{sweep_id}.lock", f"sweep {sweep_id}"))
     console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
     try:
         with _lifetime(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} --data-root {root} "
@@ -372,6 +389,7 @@ def sweep(
 
 @app.command()
 def evolve(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="Run config YAML of every round (its policy is round 0's; train/evaluate sections apply)."),
     rounds: int = typer.Option(2, "--rounds", help="Rounds to run (generate -> train -> evaluate each)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this evolve id: finished rounds are kept, the unfinished "
@@ -398,6 +416,7 @@ def evolve(
     if resume and not (root / "evolve" / f"{resume}.json").is_file():
         console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
         raise typer.Exit(2)
+    _hold(ctx, writer_lock(root / "evolve" / f"{evolve_id}.lock", f"evolve {evolve_id}"))
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
     try:
         with _lifetime(f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"):

@@ -24,7 +24,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.pipeline import new_run_id, sphere_run
 from infra.config import RunConfig, load_config
-from infra.storage import RunStore, atomic_write_text
+from infra.locks import writer_lock
+from infra.storage import RunStore, atomic_write_text, read_json
 from tasks.evaluate import mcnemar
 from tasks.evolve_report import write_evolve_report
 from tasks.train import policy_checkpoint, trained_backend
@@ -32,6 +33,9 @@ from tasks.train import policy_checkpoint, trained_backend
 
 class EvolveError(ValueError):
     """An evolve cannot start or go on (bad rounds, a round that trained no model)."""
+
+
+REPAIR = "it lists the evolve's finished rounds: restore it, or start a new evolve (the rounds' runs are kept under runs/)"
 
 
 def new_evolve_id(name: str) -> str:
@@ -86,19 +90,20 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
         raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
     root = Path(data_root or cfg.data_root).resolve()
     path = _record_path(root, evolve_id)
-    record = json.loads(path.read_text()) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,
-                                                                   "overrides": overrides or {}, "rounds": []}
-    atomic_write_text(path, json.dumps(record, indent=2, default=str))  # so --resume finds an evolve killed in its first round
-    done = [r for r in record["rounds"] if r.get("finished")]
-    policy = done[-1]["next_policy"] if done else cfg.policy.model_dump(mode="json")
-    for r in range(len(done), rounds):
-        result = evolve_round.with_options(flow_run_name=f"round-{r}")(config_path, evolve_id, r, policy, str(root), overrides)
-        record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [{**result, "finished": True}]
+    with writer_lock(path.with_suffix(".lock"), f"evolve {evolve_id}"):  # one writer per evolve: WriterLocked names the other
+        record = read_json(path, REPAIR) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,
+                                                                 "overrides": overrides or {}, "rounds": []}
+        atomic_write_text(path, json.dumps(record, indent=2, default=str))  # so --resume finds an evolve killed in its first round
+        done = [r for r in record["rounds"] if r.get("finished")]
+        policy = done[-1]["next_policy"] if done else cfg.policy.model_dump(mode="json")
+        for r in range(len(done), rounds):
+            result = evolve_round.with_options(flow_run_name=f"round-{r}")(config_path, evolve_id, r, policy, str(root), overrides)
+            record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [{**result, "finished": True}]
+            atomic_write_text(path, json.dumps(record, indent=2, default=str))
+            policy = result["next_policy"]
+        record["comparison"] = compare_rounds(root, record)
+        record["report"] = str(write_evolve_report(root, record))
         atomic_write_text(path, json.dumps(record, indent=2, default=str))
-        policy = result["next_policy"]
-    record["comparison"] = compare_rounds(root, record)
-    record["report"] = str(write_evolve_report(root, record))
-    atomic_write_text(path, json.dumps(record, indent=2, default=str))
     create_markdown_artifact(key="sphere-evolve-report", markdown=evolve_markdown(record), description=f"Self-evolution {evolve_id}")
     return record
 

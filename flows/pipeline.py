@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import stages as declared
 from infra import catalog, integrity, progress, validation
 from infra.config import RunConfig, apply_overrides, check_inputs, load_config
+from infra.locks import run_lock
 from infra.pool import close_pool, close_pools, close_run_pools, ensure_ray, fits, prewarm, run_pools, total_need
 from infra.storage import RunStore, StorageError
 from tasks.report import build_report, qdc_rows
@@ -56,20 +57,32 @@ def new_run_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def locate_run(config_path: str | None, run_id: str | None = None, data_root: str | None = None,
+               overrides: dict | None = None) -> tuple[RunConfig, RunStore]:
+    """The validated config and the store of the run these arguments name (a new id when
+    ``run_id`` is None); nothing is written."""
+    cfg = load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
+    root = Path(data_root or cfg.data_root).resolve()
+    return cfg, RunStore(root, run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name))
+
+
 def prepare_run(
     config_path: str | None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None
 ) -> str:
-    """Create a run directory with its validated config, or open an existing one (resume).
+    """Create a run directory with its validated config, or open an existing one (resume),
+    holding the run's writer lock meanwhile (``WriterLocked`` when another process writes it).
 
     Resuming moves damaged records aside (``integrity.set_aside``: their shards are recomputed)
     and, with ``overrides``, applies them to the stored config and logs the change to
     ``reruns.jsonl``; the stages whose config changed then recompute (their fingerprints
     differ), the others are skipped. The stage graph is checked before anything is written.
     """
-    cfg = load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
-    root = Path(data_root or cfg.data_root).resolve()
-    run_id = run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name)
-    store = RunStore(root, run_id)
+    cfg, store = locate_run(config_path, run_id, data_root, overrides)
+    with run_lock(store.run_dir):
+        return _prepare(cfg, store, config_path, overrides)
+
+
+def _prepare(cfg: RunConfig, store: RunStore, config_path: str | None, overrides: dict | None) -> str:
     if store.exists():
         store.remove_stale_temps()  # a killed writer's leftovers; the shards they belonged to are redone
         stored = store.load_config()  # damaged: DamagedFile, naming it, before anything moves
@@ -304,13 +317,16 @@ def _run_name() -> str:
 @flow(name="sphere-run", flow_run_name=_run_name)
 def sphere_run(config_path: str | None = None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None) -> dict:
     """The whole pipeline. With ``run_id`` of an existing run, resumes it (finished shards
-    whose fingerprint still holds are kept; ``overrides`` change its stored config)."""
-    run_dir = prepare_run(config_path, run_id, data_root, overrides)
-    try:
-        return _tracked(run_dir)
-    finally:
-        close_run_pools(run_dir)
-        close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
+    whose fingerprint still holds are kept; ``overrides`` change its stored config). Holds the
+    run's writer lock throughout: ``WriterLocked`` at once when another process writes the run."""
+    _, store = locate_run(config_path, run_id, data_root, overrides)
+    with run_lock(store.run_dir):
+        run_dir = prepare_run(config_path, store.run_id, str(store.data_root), overrides)
+        try:
+            return _tracked(run_dir)
+        finally:
+            close_run_pools(run_dir)
+            close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
 
 
 def _tracked(run_dir: str) -> dict:
@@ -465,12 +481,14 @@ def sphere_rerun(run_dir: str, stage: str, overrides: dict | None = None) -> dic
 
     Upstream stages are not touched (their finished shards are skipped); the stage's old
     outputs are moved to ``_superseded/``; a config change is applied and logged to
-    ``reruns.jsonl``.
+    ``reruns.jsonl``. Holds the run's writer lock throughout (``WriterLocked`` at once when
+    another process writes the run, e.g. a run still generating).
     """
     declared.get(stage)
-    record_config_change(run_dir, stage, overrides)
-    supersede(run_dir, stage)
-    try:
-        return _tracked(run_dir)
-    finally:
-        close_pools()
+    with run_lock(run_dir):
+        record_config_change(run_dir, stage, overrides)
+        supersede(run_dir, stage)
+        try:
+            return _tracked(run_dir)
+        finally:
+            close_pools()
