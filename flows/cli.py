@@ -287,7 +287,7 @@ def export(
     A run whose stages have not all finished is refused (the files would silently lack
     rows) unless --allow-incomplete is given."""
     from flows.pipeline import unfinished_stages
-    from tasks.export import export_run
+    from tasks.export import ExportError, export_run
 
     if fmt not in ("dpo", "sft"):
         raise typer.BadParameter(f"--format must be dpo or sft, not {fmt!r}")
@@ -311,6 +311,9 @@ def export(
     except StorageError as e:  # --allow-incomplete over a damaged shard
         console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(1)
+    except ExportError as e:  # --to a file, a read-only or full place: nothing was left there
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
     for p in paths:
         Console().print(f"wrote {p}")
 
