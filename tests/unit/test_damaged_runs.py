@@ -164,3 +164,16 @@ def test_markers_read_as_not_done_when_damaged_so_resume_recomputes_them(tmp_pat
     (store.run_dir / "status.json").write_text("nonsense")
     assert store.set_status("running")["status"] == "running"  # a damaged status record is written anew
     json.loads((store.run_dir / "status.json").read_text())
+
+
+def test_a_new_sharding_moves_the_old_commits_aside_with_their_files(tmp_path):
+    from flows import stages as declared
+    from flows.pipeline import _prune
+    from infra import integrity
+
+    store = finished_run(tmp_path / "data")  # 3 shards; now resharded to 2
+    for stage in ("generation", "routing"):
+        _prune(store, declared.get(stage), ["00000", "00001"])
+    assert not store.stage_marker_path("routing", "00002").exists() and not store.part_path("pairs", "routing", "00002").exists()
+    assert integrity.check(store) == []  # no commit is left pointing at files that were moved
+    assert list((store.run_dir / "_superseded").glob("*-stale-routing/_done/stages/routing.00002.json"))
