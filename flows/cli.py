@@ -21,7 +21,7 @@ from flows import stages as declared
 from infra import integrity
 from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.config import ConfigError, check_inputs, load_config
-from infra.storage import RunNotFound, RunStore, StorageError
+from infra.storage import RunNotFound, RunStore, StorageError, read_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
 console = Console(stderr=True)
@@ -232,6 +232,17 @@ def _hold(ctx: typer.Context, lock) -> None:
         raise typer.Exit(3)
 
 
+def _readable(record: Path, repair: str) -> None:
+    """Check an evolve's or a sweep's record before its flow starts: a damaged one is one
+    message (exit 2) here rather than a failed flow run."""
+    if record.is_file():
+        try:
+            read_json(record, repair)
+        except StorageError as e:
+            console.print(f"[red]{e}[/red]", soft_wrap=True)
+            raise typer.Exit(2)
+
+
 def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
     try:
         return str(RunStore.open(_data_root(data_root), run_id).run_dir)
@@ -351,7 +362,7 @@ def sweep(
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this sweep id (finished runs are kept)."),
 ) -> None:
     """Run the same seeds under several settings and compare them in one report."""
-    from flows.sweep import SweepError, new_sweep_id, sphere_sweep
+    from flows.sweep import REPAIR, SweepError, new_sweep_id, sphere_sweep
 
     overrides = _parse_sets(sets)
     if n is not None:
@@ -370,6 +381,7 @@ def sweep(
     sweep_id = resume or new_sweep_id(cfg.name)
     root = _data_root(data_root, cfg.data_root)
     _hold(ctx, writer_lock(root / "sweeps" / f"{sweep_id}.lock", f"sweep {sweep_id}"))
+    _readable(root / "sweeps" / f"{sweep_id}.json", REPAIR)
     console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
     try:
         with _lifetime(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} --data-root {root} "
@@ -403,7 +415,7 @@ def evolve(
 ) -> None:
     """Self-evolution: each round runs the factory with the current policy, trains the next one on
     the round's pairs and evaluates it on held-out problems (accuracy with 95% CIs)."""
-    from flows.evolve import EvolveError, accuracy_by_round, new_evolve_id, sphere_evolve
+    from flows.evolve import REPAIR, EvolveError, accuracy_by_round, new_evolve_id, sphere_evolve
     from infra.trainers import TrainError
 
     overrides = _parse_sets(sets)
@@ -420,6 +432,7 @@ def evolve(
         console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
         raise typer.Exit(2)
     _hold(ctx, writer_lock(root / "evolve" / f"{evolve_id}.lock", f"evolve {evolve_id}"))
+    _readable(root / "evolve" / f"{evolve_id}.json", REPAIR)
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
     try:
         with _lifetime(f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"):

@@ -24,6 +24,9 @@ from infra.locks import writer_lock
 from infra.storage import read_json
 
 
+REPAIR = "it lists the sweep's runs: restore it, or start a new sweep (the runs are kept)"
+
+
 class SweepError(ValueError):
     """A sweep grid is malformed (no values, or a field that is not in the config)."""
 
@@ -49,7 +52,7 @@ def sphere_sweep(config_path: str, grid: dict[str, list], sweep_id: str, data_ro
     root = Path(data_root or cfg.data_root).resolve()
     record_path = root / "sweeps" / f"{sweep_id}.json"
     with writer_lock(record_path.with_suffix(".lock"), f"sweep {sweep_id}"):  # one writer per sweep (each run has its own lock)
-        record = (read_json(record_path, "it lists the sweep's runs: restore it, or start a new sweep (the runs are kept)")
+        record = (read_json(record_path, REPAIR)
                   if record_path.is_file() else {"sweep_id": sweep_id, "grid": grid, "runs": []})
         record_path.parent.mkdir(parents=True, exist_ok=True)
         for i, point in enumerate(points):

@@ -79,7 +79,7 @@ def read_json(path: Path, repair: str) -> dict:
     except UnicodeDecodeError:
         raise DamagedFile(f"{path} is damaged (not UTF-8 text); {repair}") from None
     except json.JSONDecodeError as e:
-        why = "empty" if not text.strip() else f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+        why = "empty" if not text.strip() else f"not valid JSON: {e.msg}, line {e.lineno} column {e.colno}"
         raise DamagedFile(f"{path} is damaged ({why}); {repair}") from None
     if not isinstance(obj, dict):
         raise DamagedFile(f"{path} is damaged (a JSON {type(obj).__name__}, not an object); {repair}")

@@ -177,3 +177,16 @@ def test_a_new_sharding_moves_the_old_commits_aside_with_their_files(tmp_path):
     assert not store.stage_marker_path("routing", "00002").exists() and not store.part_path("pairs", "routing", "00002").exists()
     assert integrity.check(store) == []  # no commit is left pointing at files that were moved
     assert list((store.run_dir / "_superseded").glob("*-stale-routing/_done/stages/routing.00002.json"))
+
+
+@pytest.mark.parametrize("args, record", [
+    (["evolve", QUICKSTART, "--resume", "e1"], "evolve/e1.json"),
+    (["sweep", QUICKSTART, "--grid", "search.temperature=0.3", "--resume", "s1"], "sweeps/s1.json"),
+])
+def test_a_damaged_evolve_or_sweep_record_is_one_message_before_any_work(tmp_path, args, record):
+    root = tmp_path / "data"
+    (root / record).parent.mkdir(parents=True)
+    (root / record).write_text('{"rounds": [')
+    res = CliRunner().invoke(app, [*args, "--data-root", str(root)])
+    assert res.exit_code == 2 and f"{record} is damaged" in said(res) and "restore it" in said(res), res.output
+    assert not (root / "runs").exists()
