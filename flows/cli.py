@@ -1,5 +1,9 @@
 """The ``sphere`` command line: run, rerun, query, report, export, sweep, server, check-config.
 
+Writers (run, rerun, sweep, evolve) hold the run's, sweep's or evolve's writer lock for the
+whole command (``infra.locks``); a second writer is refused with exit code 3. Readers (query,
+report, export) never take it.
+
 Where the data lives, for every command: ``--data-root`` if given, else ``$SPHERE_DATA_ROOT``,
 else the config's ``data_root`` (``run``/``sweep``), else ``data``.
 """
@@ -19,8 +23,8 @@ from rich.table import Table
 
 from flows import stages as declared
 from infra import integrity
-from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.config import ConfigError, check_inputs, load_config
+from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.storage import RunNotFound, RunStore, StorageError, read_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
@@ -295,7 +299,8 @@ def export(
 ) -> None:
     """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet.
 
-    A run whose stages have not all finished is refused (the files would silently lack
+    A run whose stages have not all finished, or that is damaged or incomplete (a marker
+    unreadable or missing), is refused naming what is wrong (the files would silently lack
     rows) unless --allow-incomplete is given."""
     from flows.pipeline import unfinished_stages
     from tasks.export import ExportError, export_run
