@@ -1,5 +1,9 @@
 """The ``sphere`` command line: run, rerun, query, report, export, sweep, server, check-config.
 
+Writers (run, rerun, sweep, evolve) hold the run's, sweep's or evolve's writer lock for the
+whole command (``infra.locks``); a second writer is refused with exit code 3. Readers (query,
+report, export) never take it.
+
 Where the data lives, for every command: ``--data-root`` if given, else ``$SPHERE_DATA_ROOT``,
 else the config's ``data_root`` (``run``/``sweep``), else ``data``.
 """
@@ -19,8 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from flows import stages as declared
+from infra import integrity
 from infra.config import ConfigError, check_inputs, load_config
-from infra.storage import RunNotFound, RunStore
+from infra.locks import WriterLocked, run_lock, writer_lock
+from infra.storage import RunNotFound, RunStore, StorageError, read_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
 console = Console(stderr=True)
@@ -62,6 +68,7 @@ def _print_qdc(run_dir: str) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the offline quickstart)."),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run id: finished shards are kept, the rest is redone."),
@@ -89,10 +96,12 @@ def run(
     if resume:
         _run_dir(resume, root)
     run_id = resume or new_run_id(cfg.name)
+    _hold(ctx, run_lock(root / "runs" / run_id))
     try:
         run_dir = prepare_run(str(path), run_id, str(root), overrides)
-    except ValueError as e:  # --set on resume that does not validate, or a stage graph that cannot run (StageGraphError)
-        console.print(f"[red]{e}[/red]")
+    except (ValueError, StorageError) as e:  # --set on resume that does not validate, a stage graph that cannot run
+        # (StageGraphError), a damaged config.json (DamagedFile)
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
     hint = f"finished shards are kept; resume with: sphere run --resume {run_id} --data-root {root}"
@@ -206,6 +215,27 @@ def _data_root(option: Optional[Path], config_root: str | None = None) -> Path:
     return (option or Path(os.environ.get("SPHERE_DATA_ROOT") or config_root or "data")).resolve()
 
 
+def _hold(ctx: typer.Context, lock) -> None:
+    """Hold a writer lock (``infra.locks``) until the command ``ctx`` ends; when another process
+    holds it, one message naming that process and exit code 3, at once."""
+    try:
+        ctx.with_resource(lock)
+    except WriterLocked as e:
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(3)
+
+
+def _readable(record: Path, repair: str) -> None:
+    """Check an evolve's or a sweep's record before its flow starts: a damaged one is one
+    message (exit 2) here rather than a failed flow run."""
+    if record.is_file():
+        try:
+            read_json(record, repair)
+        except StorageError as e:
+            console.print(f"[red]{e}[/red]", soft_wrap=True)
+            raise typer.Exit(2)
+
+
 def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
     try:
         return str(RunStore.open(_data_root(data_root), run_id).run_dir)
@@ -216,6 +246,7 @@ def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
 
 @app.command()
 def rerun(
+    ctx: typer.Context,
     run_id: str = typer.Argument(..., help="The run to rerun a stage of."),
     stage: str = typer.Option(..., "--stage", help="One of: " + " | ".join(declared.names()) + " (it and everything downstream rerun)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
@@ -231,6 +262,12 @@ def rerun(
     if stage not in declared.names():
         raise typer.BadParameter(f"unknown stage {stage!r}; stages: {', '.join(declared.names())}")
     run_dir = _run_dir(run_id, data_root)
+    _hold(ctx, run_lock(run_dir))
+    try:
+        RunStore.at(run_dir).load_config()
+    except StorageError as e:  # a damaged config.json: nothing to rerun from
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
     try:
         with _lifetime(f"finished shards are kept; run it again: sphere rerun {run_id} --stage {stage} --data-root {_data_root(data_root)}"):
             summary = sphere_rerun(run_dir=run_dir, stage=stage, overrides=_parse_sets(sets) or None)
@@ -251,20 +288,37 @@ def export(
 ) -> None:
     """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet.
 
-    A run whose stages have not all finished is refused (the files would silently lack
+    A run whose stages have not all finished, or that is damaged or incomplete (a marker
+    unreadable or missing), is refused naming what is wrong (the files would silently lack
     rows) unless --allow-incomplete is given."""
     from flows.pipeline import unfinished_stages
-    from tasks.export import export_run
+    from tasks.export import ExportError, export_run
 
     if fmt not in ("dpo", "sft"):
         raise typer.BadParameter(f"--format must be dpo or sft, not {fmt!r}")
     run_dir = _run_dir(run_id, data_root)
-    missing = unfinished_stages(run_dir)
+    try:
+        missing = unfinished_stages(run_dir)
+    except StorageError as e:  # a damaged config.json
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    problems = [p for p in integrity.check(RunStore.at(run_dir)) if p.path.name != "status.json"]
+    if problems and not allow_incomplete:
+        console.print(f"[red]run {run_id} is damaged or incomplete, so the export would silently lack rows: "
+                      f"{integrity.summary(problems, 10)}. Or pass --allow-incomplete.[/red]", soft_wrap=True)
+        raise typer.Exit(2)
     if missing and not allow_incomplete:
         console.print(f"[red]run {run_id} is not finished: stages {', '.join(missing)} have not completed. Finish it with "
                       f"`sphere run --resume {run_id}`, or pass --allow-incomplete.[/red]")
         raise typer.Exit(2)
-    paths = export_run(Path(run_dir), fmt, to, chat=chat)
+    try:
+        paths = export_run(Path(run_dir), fmt, to, chat=chat)
+    except StorageError as e:  # --allow-incomplete over a damaged shard
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(1)
+    except ExportError as e:  # --to a file, a read-only or full place: nothing was left there
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
     for p in paths:
         Console().print(f"wrote {p}")
 
@@ -282,8 +336,8 @@ def report(
     dirs = [_run_dir(r, data_root) for r in (run_id, *compare)]
     try:
         path, runs = build_report(dirs, out)
-    except ReportError as e:
-        console.print(f"[red]{e}[/red]")
+    except (ReportError, StorageError) as e:
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(1)
     for t in summary_tables(runs):
         Console(width=max(Console().width, 160)).print(t)
@@ -292,6 +346,7 @@ def report(
 
 @app.command()
 def sweep(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="Run config YAML; its seeds are shared by every point."),
     grid: list[str] = typer.Option(..., "--grid", help="field=v1,v2,... (repeatable; the sweep runs the cartesian product), "
                                    "e.g. --grid search.temperature=0.3,0.8,1.5 --grid search.candidates=3,6"),
@@ -301,7 +356,7 @@ def sweep(
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this sweep id (finished runs are kept)."),
 ) -> None:
     """Run the same seeds under several settings and compare them in one report."""
-    from flows.sweep import SweepError, new_sweep_id, sphere_sweep
+    from flows.sweep import REPAIR, SweepError, new_sweep_id, sphere_sweep
 
     overrides = _parse_sets(sets)
     if n is not None:
@@ -319,6 +374,8 @@ def sweep(
         raise typer.Exit(2)
     sweep_id = resume or new_sweep_id(cfg.name)
     root = _data_root(data_root, cfg.data_root)
+    _hold(ctx, writer_lock(root / "sweeps" / f"{sweep_id}.lock", f"sweep {sweep_id}"))
+    _readable(root / "sweeps" / f"{sweep_id}.json", REPAIR)
     console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
     try:
         with _lifetime(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} --data-root {root} "
@@ -373,16 +430,17 @@ def _check_evolve_resume(root: Path, evolve_id: str, cfg, allow: bool) -> None:
         console.print(f"[red]evolve {evolve_id!r} not found under {root / 'evolve'}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path, "move it aside to start a new evolve")
         settle_config(record, cfg.model_dump(mode="json"), allow=allow, next_round=sum(1 for r in record["rounds"] if r.get("finished")))
-    except (ValueError, KeyError, TypeError) as e:
-        why = str(e) if isinstance(e, EvolveConfigChanged) else f"its record {path} is damaged ({type(e).__name__}: {e})"
+    except (ValueError, KeyError, TypeError, StorageError) as e:
+        why = str(e) if isinstance(e, (EvolveConfigChanged, StorageError)) else f"its record {path} is damaged ({type(e).__name__}: {e})"
         console.print(f"evolve {evolve_id} cannot resume: {why}", style="red", soft_wrap=True, markup=False, highlight=False)
         raise typer.Exit(2)
 
 
 @app.command()
 def evolve(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="Run config YAML of every round (its policy is round 0's; train/evaluate sections apply)."),
     rounds: int = typer.Option(2, "--rounds", help="Rounds to run (generate -> train -> evaluate each); at least 1."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this evolve id: finished rounds are kept, the unfinished "
@@ -401,7 +459,7 @@ def evolve(
     if rounds < 1:
         console.print(f"[red]--rounds must be at least 1, got {rounds}[/red]", soft_wrap=True)
         raise typer.Exit(2)
-    from flows.evolve import EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
+    from flows.evolve import REPAIR, EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
     from infra.trainers import TrainError
 
     overrides = _parse_sets(sets)
@@ -414,6 +472,11 @@ def evolve(
         raise typer.Exit(2)
     root = _data_root(data_root, cfg.data_root)
     evolve_id = resume or new_evolve_id(cfg.name)
+    if resume and not (root / "evolve" / f"{resume}.json").is_file():
+        console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
+        raise typer.Exit(2)
+    _hold(ctx, writer_lock(root / "evolve" / f"{evolve_id}.lock", f"evolve {evolve_id}"))
+    _readable(root / "evolve" / f"{evolve_id}.json", REPAIR)
     if resume:
         _check_evolve_resume(root, resume, cfg, allow_config_change)
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")

@@ -31,7 +31,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.pipeline import StageFailed, new_run_id, sphere_run
 from infra.config import RunConfig, load_config
-from infra.storage import RunStore, atomic_write_text
+from infra.locks import writer_lock
+from infra.storage import RunStore, atomic_write_text, read_json
 from infra.trainers import TrainDiverged
 from infra.trainers.base import nonfinite_weight
 from tasks.evaluate import mcnemar
@@ -52,6 +53,9 @@ class RoundRejected(EvolveError):
     def __init__(self, message: str, entry: dict | None = None):
         super().__init__(message)
         self.entry = entry or {}
+
+
+REPAIR = "it lists the evolve's finished rounds: restore it, or start a new evolve (the rounds' runs are kept under runs/)"
 
 
 def new_evolve_id(name: str) -> str:
@@ -176,36 +180,37 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
     evolve_id = _evolve_id(cfg.name, evolve_id)
     root = Path(data_root or cfg.data_root).resolve()
     path = _record_path(root, evolve_id)
-    record = json.loads(path.read_text()) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,
-                                                                   "overrides": overrides or {}, "rounds": []}
-    done = [r for r in record["rounds"] if r.get("finished")]
-    settle_config(record, cfg.model_dump(mode="json"), allow=allow_config_change, next_round=len(done))
-    cfg = RunConfig.model_validate(record["run_config"])
-    start = policy_checkpoint(cfg.policy)
-    if not start.is_dir():
-        raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
-    policy = done[-1]["next_policy"] if done else cfg.policy.model_dump(mode="json")
-    record["policy"] = policy
-    _write(path, record)  # so --resume finds an evolve killed in its first round
-    for r in range(len(done), rounds):
-        try:
-            result = evolve_round.with_options(flow_run_name=f"round-{r}")(record["run_config"], evolve_id, r, policy, str(root))
-        except RoundRejected as e:
-            entry = {"round": r, "run_id": f"{evolve_id}-r{r}", "policy": policy, **e.entry, "config_hash": record["config_hash"],
-                     "finished": False, "promoted": False, "stopped": str(e), "next_policy": policy}
-            record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [entry]
-            record.update(policy=policy, stopped=str(e))
-            _write(path, record)
-            raise
-        record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [
-            {**result, "config_hash": record["config_hash"], "finished": True, "promoted": True}]
-        policy = result["next_policy"]
+    with writer_lock(path.with_suffix(".lock"), f"evolve {evolve_id}"):  # one writer per evolve: WriterLocked names the other
+        record = read_json(path, REPAIR) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,
+                                                                 "overrides": overrides or {}, "rounds": []}
+        done = [r for r in record["rounds"] if r.get("finished")]
+        settle_config(record, cfg.model_dump(mode="json"), allow=allow_config_change, next_round=len(done))
+        cfg = RunConfig.model_validate(record["run_config"])
+        start = policy_checkpoint(cfg.policy)
+        if not start.is_dir():
+            raise EvolveError(f"the starting policy's checkpoint {start} is not a directory (a Hugging Face checkpoint is needed to train)")
+        policy = done[-1]["next_policy"] if done else cfg.policy.model_dump(mode="json")
         record["policy"] = policy
-        record.pop("stopped", None)
+        _write(path, record)  # so --resume finds an evolve killed in its first round
+        for r in range(len(done), rounds):
+            try:
+                result = evolve_round.with_options(flow_run_name=f"round-{r}")(record["run_config"], evolve_id, r, policy, str(root))
+            except RoundRejected as e:
+                entry = {"round": r, "run_id": f"{evolve_id}-r{r}", "policy": policy, **e.entry, "config_hash": record["config_hash"],
+                         "finished": False, "promoted": False, "stopped": str(e), "next_policy": policy}
+                record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [entry]
+                record.update(policy=policy, stopped=str(e))
+                _write(path, record)
+                raise
+            record["rounds"] = [x for x in record["rounds"] if x["round"] != r] + [
+                {**result, "config_hash": record["config_hash"], "finished": True, "promoted": True}]
+            policy = result["next_policy"]
+            record["policy"] = policy
+            record.pop("stopped", None)
+            _write(path, record)
+        record["comparison"] = compare_rounds(root, record)
+        record["report"] = str(write_evolve_report(root, record))
         _write(path, record)
-    record["comparison"] = compare_rounds(root, record)
-    record["report"] = str(write_evolve_report(root, record))
-    _write(path, record)
     create_markdown_artifact(key="sphere-evolve-report", markdown=evolve_markdown(record), description=f"Self-evolution {evolve_id}")
     return record
 

@@ -27,10 +27,11 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stages as declared
-from infra import catalog, progress, validation
+from infra import catalog, integrity, progress, validation
 from infra.config import RunConfig, apply_overrides, check_inputs, load_config
+from infra.locks import run_lock
 from infra.pool import close_pool, close_pools, close_run_pools, ensure_ray, fits, prewarm, run_pools, total_need
-from infra.storage import RunStore
+from infra.storage import RunStore, StorageError
 from tasks.report import build_report, qdc_rows
 
 
@@ -58,22 +59,36 @@ def new_run_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def locate_run(config_path: str | None, run_id: str | None = None, data_root: str | None = None,
+               overrides: dict | None = None) -> tuple[RunConfig, RunStore]:
+    """The validated config and the store of the run these arguments name (a new id when
+    ``run_id`` is None); nothing is written."""
+    cfg = _config(config_path, overrides)
+    root = Path(data_root or cfg.data_root).resolve()
+    return cfg, RunStore(root, run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name))
+
+
 def prepare_run(
     config_path: str | None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None
 ) -> str:
-    """Create a run directory with its validated config, or open an existing one (resume).
+    """Create a run directory with its validated config, or open an existing one (resume),
+    holding the run's writer lock meanwhile (``WriterLocked`` when another process writes it).
 
-    Resuming with ``overrides`` applies them to the stored config and logs the change to
+    Resuming moves damaged records aside (``integrity.set_aside``: their shards are recomputed)
+    and, with ``overrides``, applies them to the stored config and logs the change to
     ``reruns.jsonl``; the stages whose config changed then recompute (their fingerprints
     differ), the others are skipped. The stage graph is checked before anything is written.
     """
-    cfg = _config(config_path, overrides)
-    root = Path(data_root or cfg.data_root).resolve()
-    run_id = run_id or _flow_run_bound_id(cfg.name) or new_run_id(cfg.name)
-    store = RunStore(root, run_id)
+    cfg, store = locate_run(config_path, run_id, data_root, overrides)
+    with run_lock(store.run_dir):
+        return _prepare(cfg, store, config_path, overrides)
+
+
+def _prepare(cfg: RunConfig, store: RunStore, config_path: str | None, overrides: dict | None) -> str:
     if store.exists():
         store.remove_stale_temps()  # a killed writer's leftovers; the shards they belonged to are redone
-        stored = store.load_config()
+        stored = store.load_config()  # damaged: DamagedFile, naming it, before anything moves
+        integrity.set_aside(store)  # damaged records and the commits of missing files: those shards are redone
         if RunConfig.model_validate(apply_overrides(stored, overrides)).model_dump(mode="json") != stored:
             record_config_change(str(store.run_dir), "resume", overrides)
             stored = store.load_config()
@@ -148,6 +163,10 @@ def _prune(store: RunStore, st: declared.Stage, shards: list[str]) -> None:
     """A new sharding leaves no stale shards of ``st`` behind (their quarantine and suite results neither)."""
     if st.shards is declared.one_shard:
         return
+    keep = set(shards)
+    stale = [m for m in sorted((store.run_dir / "_done" / "stages").glob(f"{st.name}.*.json")) if m.stem.partition(".")[2] not in keep]
+    if stale:  # the commits first, so no reader sees a commit whose files were moved
+        store.supersede(stale, f"stale-{st.name}")
     for table in st.writes:
         store.prune(table, st.name, shards)
         for implicit in declared.IMPLICIT_WRITES:
@@ -319,13 +338,16 @@ def _run_name() -> str:
 @flow(name="sphere-run", flow_run_name=_run_name)
 def sphere_run(config_path: str | None = None, run_id: str | None = None, data_root: str | None = None, overrides: dict | None = None) -> dict:
     """The whole pipeline. With ``run_id`` of an existing run, resumes it (finished shards
-    whose fingerprint still holds are kept; ``overrides`` change its stored config)."""
-    run_dir = prepare_run(config_path, run_id, data_root, overrides)
-    try:
-        return _tracked(run_dir)
-    finally:
-        close_run_pools(run_dir)
-        close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
+    whose fingerprint still holds are kept; ``overrides`` change its stored config). Holds the
+    run's writer lock throughout: ``WriterLocked`` at once when another process writes the run."""
+    _, store = locate_run(config_path, run_id, data_root, overrides)
+    with run_lock(store.run_dir):
+        run_dir = prepare_run(config_path, store.run_id, str(store.data_root), overrides)
+        try:
+            return _tracked(run_dir)
+        finally:
+            close_run_pools(run_dir)
+            close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
 
 
 def _tracked(run_dir: str) -> dict:
@@ -413,12 +435,18 @@ def _fitting(group: list[declared.Stage], cfg: RunConfig) -> list[list[declared.
 
 
 def unfinished_stages(run_dir: str) -> list[str]:
-    """The run's enabled stages that are not finished: a shard without its marker, or a stage
-    that runs after an unfinished one (whose shards are not even listed yet)."""
+    """The run's enabled stages that are not finished: a shard that is not committed (its stage
+    marker, or the marker of a table that marker lists, is missing or unreadable), a stage whose
+    shards cannot be listed (a damaged manifest or routing marker), or a stage that runs after
+    an unfinished one (whose shards are not even listed yet)."""
     store = RunStore.at(run_dir)
     out: list[str] = []
     for st in declared.check_stages(RunConfig.model_validate(store.load_config())):
-        if set(st.after) & set(out) or not all(store.stage_marker_path(st.name, sh).is_file() for sh in st.shards(run_dir)):
+        try:
+            done = not set(st.after) & set(out) and all(store.stage_done(st.name, sh) for sh in st.shards(run_dir))
+        except StorageError:
+            done = False
+        if not done:
             out.append(st.name)
     return out
 
@@ -434,11 +462,12 @@ def stage_outputs(store: RunStore, stage: str) -> list[Path]:
     and its manifest."""
     st = declared.get(stage)
     run = store.run_dir
-    paths = [run / t / stage for t in st.writes] + [d for t in declared.IMPLICIT_WRITES for d in (run / t).glob(f"{stage}-*")]
     done = run / "_done"
+    paths = list((done / "stages").glob(f"{stage}.*.json"))  # the commits first: a reader never sees one without its files
+    paths += [run / t / stage for t in st.writes] + [d for t in declared.IMPLICIT_WRITES for d in (run / t).glob(f"{stage}-*")]
     paths += [m for t in (*st.writes, *declared.IMPLICIT_WRITES) for m in done.glob(f"{t}.{stage}.*.json")]
     paths += [m for t in declared.IMPLICIT_WRITES for m in done.glob(f"{t}.{stage}-*.json")]
-    paths += list((done / "stages").glob(f"{stage}.*.json")) + [done / f"{stage}.manifest.json"]
+    paths += [done / f"{stage}.manifest.json"]
     return [p for p in dict.fromkeys(paths) if p.exists()]
 
 
@@ -473,12 +502,14 @@ def sphere_rerun(run_dir: str, stage: str, overrides: dict | None = None) -> dic
 
     Upstream stages are not touched (their finished shards are skipped); the stage's old
     outputs are moved to ``_superseded/``; a config change is applied and logged to
-    ``reruns.jsonl``.
+    ``reruns.jsonl``. Holds the run's writer lock throughout (``WriterLocked`` at once when
+    another process writes the run, e.g. a run still generating).
     """
     declared.get(stage)
-    record_config_change(run_dir, stage, overrides)
-    supersede(run_dir, stage)
-    try:
-        return _tracked(run_dir)
-    finally:
-        close_pools()
+    with run_lock(run_dir):
+        record_config_change(run_dir, stage, overrides)
+        supersede(run_dir, stage)
+        try:
+            return _tracked(run_dir)
+        finally:
+            close_pools()

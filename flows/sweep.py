@@ -20,6 +20,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.pipeline import new_run_id, sphere_run
 from infra.config import load_config
+from infra.locks import writer_lock
+from infra.storage import read_json
+
+
+REPAIR = "it lists the sweep's runs: restore it, or start a new sweep (the runs are kept)"
 
 
 class SweepError(ValueError):
@@ -46,22 +51,24 @@ def sphere_sweep(config_path: str, grid: dict[str, list], sweep_id: str, data_ro
     cfg = load_config(config_path, overrides)
     root = Path(data_root or cfg.data_root).resolve()
     record_path = root / "sweeps" / f"{sweep_id}.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else {"sweep_id": sweep_id, "grid": grid, "runs": []}
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    for i, point in enumerate(points):
-        if i < len(record["runs"]):
-            run_id = record["runs"][i]["run_id"]
-        else:
-            run_id = f"{sweep_id}-{i:02d}"
-            record["runs"].append({"run_id": run_id, "overrides": point})
-            record_path.write_text(json.dumps(record, indent=2))
-        sphere_run(config_path=config_path, run_id=run_id, data_root=str(root), overrides={**(overrides or {}), **point})
-    run_dirs = [str(root / "runs" / r["run_id"]) for r in record["runs"]]
-    report, runs = build_report(run_dirs, root / "sweeps" / f"{sweep_id}.html")
-    record["report"] = str(report)
-    record_path.write_text(json.dumps(record, indent=2))
-    create_markdown_artifact(key="sphere-sweep-report", markdown=f"# Sweep `{sweep_id}`\n\nComparison report: `{report}`\n\n"
-                             + "\n".join(f"- `{r['run_id']}`: {r['overrides']}" for r in record["runs"]))
+    with writer_lock(record_path.with_suffix(".lock"), f"sweep {sweep_id}"):  # one writer per sweep (each run has its own lock)
+        record = (read_json(record_path, REPAIR)
+                  if record_path.is_file() else {"sweep_id": sweep_id, "grid": grid, "runs": []})
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        for i, point in enumerate(points):
+            if i < len(record["runs"]):
+                run_id = record["runs"][i]["run_id"]
+            else:
+                run_id = f"{sweep_id}-{i:02d}"
+                record["runs"].append({"run_id": run_id, "overrides": point})
+                record_path.write_text(json.dumps(record, indent=2))
+            sphere_run(config_path=config_path, run_id=run_id, data_root=str(root), overrides={**(overrides or {}), **point})
+        run_dirs = [str(root / "runs" / r["run_id"]) for r in record["runs"]]
+        report, runs = build_report(run_dirs, root / "sweeps" / f"{sweep_id}.html")
+        record["report"] = str(report)
+        record_path.write_text(json.dumps(record, indent=2))
+        create_markdown_artifact(key="sphere-sweep-report", markdown=f"# Sweep `{sweep_id}`\n\nComparison report: `{report}`\n\n"
+                                 + "\n".join(f"- `{r['run_id']}`: {r['overrides']}" for r in record["runs"]))
     return record
 
 

@@ -3,6 +3,11 @@
 A part is committed when its completion marker exists (``infra.storage``); parts without
 one (a shard killed after its write, or that failed its validation gate) are never shown.
 
+A damaged run never blocks the others: a shard whose marker cannot be read or whose part
+changed after its commit is left out of the views, and the ``runs`` view says so (status
+``damaged``, or ``incomplete`` when a committed file is missing, with the files and their repair
+in ``error``; ``infra.integrity``). The other shards of that run, and every other run, are shown.
+
 - ``committed_parts`` and ``runs_table`` are what ``infra.query`` (``sphere query``) hands its
   sandbox at query time: it sees every shard committed so far and never opens the catalog file.
 - ``refresh(data_root)`` writes ``catalog.duckdb`` with the same views (explicit part
@@ -18,8 +23,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from infra import integrity
 from infra.schemas import SCHEMAS
-from infra.storage import RunStore
+from infra.storage import RunStore, StorageError
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -43,9 +49,10 @@ def catalog_path(data_root: Path) -> Path:
 
 
 def committed_parts(data_root: Path) -> dict[str, list[Path]]:
-    """Every committed part file under ``data_root``, by table (``RunStore.committed_parts`` of each run)."""
+    """Every committed part file under ``data_root`` that matches its marker, by table; a damaged
+    shard is left out (``integrity.intact_parts``; the ``runs`` view names it)."""
     runs = sorted(p for p in (Path(data_root) / "runs").glob("*") if p.is_dir())
-    return {name: [f for r in runs for f in RunStore.at(r).committed_parts(name)] for name in SCHEMAS}
+    return {name: [f for r in runs for f in integrity.intact_parts(RunStore.at(r), name)] for name in SCHEMAS}
 
 
 RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("name", pa.string()), ("status", pa.string()), ("started_at", pa.string()),
@@ -54,15 +61,25 @@ RUNS_SCHEMA = pa.schema([("run_id", pa.string()), ("name", pa.string()), ("statu
 
 def runs_table(data_root: Path) -> pa.Table:
     """One row per run under ``data_root``: its status (``running``, ``finished``, ``failed``,
-    ``interrupted``; ``RunStore.read_status``), when it started and finished, and its error."""
+    ``interrupted``; ``RunStore.read_status``), when it started and finished, and its error.
+    A run with a damaged or missing file (``integrity.check``) reads ``damaged`` or
+    ``incomplete`` whatever its record says, with the record's status, the files and their
+    repair in ``error``."""
     rows = []
     for r in sorted(p for p in (Path(data_root) / "runs").glob("*") if (p / "config.json").is_file()):
         store = RunStore.at(r)
-        st = store.read_status()
+        try:
+            st = store.read_status()
+        except StorageError:  # damaged: named by the check below
+            st = {"status": "unknown"}
         try:
             name = store.load_config().get("name")
-        except ValueError:
+        except StorageError:
             name = None
+        problems = integrity.check(store)
+        if problems:
+            bad = "damaged" if any(p.kind == "damaged" for p in problems) else "incomplete"
+            st = {**st, "status": bad, "error": f"{st.get('status')}, but {bad}: {integrity.summary(problems)}"}
         rows.append({"run_id": r.name, "name": name, **{k: st.get(k) for k in RUNS_SCHEMA.names if k not in ("run_id", "name")}})
     return pa.Table.from_pylist(rows, RUNS_SCHEMA)
 

@@ -23,6 +23,11 @@ together or not at all, to the stages, the catalog and ``sphere query`` alike.
 Reads verify: every committed part read (``read_part``, ``read_table``, ``committed_parts``,
 so the catalog too) is checked against its marker (size, row count, sha256) and a part changed
 after its commit raises ``PartCorrupt`` naming the file and the stage to rerun.
+
+Every JSON record of a run (markers, manifests, ``config.json``, ``status.json``) is read
+through ``read_json``: a truncated, garbled or unreadable one raises ``DamagedFile`` naming the
+file and its repair, never a bare ``JSONDecodeError``. For resume a damaged marker counts as
+not done (``is_done``, ``stage_done``), so the shard is recomputed and its marker rewritten.
 """
 
 from __future__ import annotations
@@ -53,6 +58,32 @@ class RunNotFound(StorageError):
 
 class PartCorrupt(StorageError):
     """A committed part no longer matches its completion marker (changed after its commit)."""
+
+
+class DamagedFile(StorageError):
+    """A run's JSON record (marker, manifest, config, status) is truncated, not JSON, not the
+    object it should be, or cannot be read. The message names the file and its repair."""
+
+
+def read_json(path: Path, repair: str) -> dict:
+    """The JSON object in ``path``; ``DamagedFile`` naming ``path`` and ``repair`` when it is
+    empty, truncated, not UTF-8, not a JSON object or unreadable. A missing file raises
+    ``FileNotFoundError`` (callers that allow absence check first)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        obj = json.loads(text)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise DamagedFile(f"{path} cannot be read ({e.strerror or e}); {repair}") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(f"{path} is damaged (not UTF-8 text); {repair}") from None
+    except json.JSONDecodeError as e:
+        why = "empty" if not text.strip() else f"not valid JSON: {e.msg}, line {e.lineno} column {e.colno}"
+        raise DamagedFile(f"{path} is damaged ({why}); {repair}") from None
+    if not isinstance(obj, dict):
+        raise DamagedFile(f"{path} is damaged (a JSON {type(obj).__name__}, not an object); {repair}")
+    return obj
 
 
 _VERIFIED: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> sha256 already checked in this process
@@ -193,20 +224,46 @@ class RunStore:
     def marker_path(self, table: str, stage: str, shard: str) -> Path:
         return self.run_dir / "_done" / f"{table}.{stage}.{shard}.json"
 
+    def repair(self, path: Path) -> str:
+        """How to repair ``path`` of this run when it is damaged or missing (every message naming
+        such a file says it): a record of a shard is recomputed by a resume; the config cannot be."""
+        run, name = self.run_id, Path(path).name
+        if name == "config.json":
+            return (f"it holds the run's settings and cannot be recomputed: restore it from a copy, or move the run "
+                    f"aside (mv {self.run_dir} <elsewhere>) so that it no longer shows among the runs")
+        if name == "status.json":
+            return f"it only records how the run went: `sphere run --resume {run}` writes it anew"
+        parts = name.split(".")
+        if Path(path).parent.name == "_done" and not name.endswith(".manifest.json") and len(parts) > 2:
+            stage = parts[1].split("-")[0]  # <table>.<stage>[-<table>].<shard>.json
+        else:  # _done/stages/<stage>.<shard>.json, _done/<stage>.manifest.json
+            stage = parts[0]
+        return (f"`sphere run --resume {run}` recomputes that shard (or `sphere rerun {run} --stage {stage}` "
+                f"redoes the stage and everything after it)")
+
+    def read_record(self, path: Path) -> dict:
+        """A JSON record of this run (``read_json``): ``DamagedFile`` names it and its repair."""
+        return read_json(path, self.repair(path))
+
     def marker(self, table: str, stage: str, shard: str) -> dict | None:
         """The shard's completion marker, or None when the shard is not finished (no marker,
-        no part, or the stage-shard commit the marker names is not written yet)."""
+        no part, or the stage-shard commit the marker names is not written yet). A marker that
+        cannot be read raises ``DamagedFile``."""
         path = self.marker_path(table, stage, shard)
         if not (path.is_file() and self.part_path(table, stage, shard).is_file()):
             return None
-        m = json.loads(path.read_text())
+        m = self.read_record(path)
         if m.get("commit") and not (self.run_dir / "_done" / "stages" / f"{m['commit']}.json").is_file():
             return None
         return m
 
     def is_done(self, table: str, stage: str, shard: str, fingerprint: dict | None = None) -> bool:
-        """Finished, and (when ``fingerprint`` is given) computed from exactly that."""
-        m = self.marker(table, stage, shard)
+        """Finished, and (when ``fingerprint`` is given) computed from exactly that. A damaged
+        marker is not done: the shard is recomputed and the marker written anew."""
+        try:
+            m = self.marker(table, stage, shard)
+        except DamagedFile:
+            return False
         return m is not None and (fingerprint is None or m.get("fingerprint") == fingerprint)
 
     def write(self, table_name: str, stage: str, shard: str, table: pa.Table, **meta) -> Path:
@@ -254,13 +311,17 @@ class RunStore:
     def stage_marker_path(self, stage: str, shard: str) -> Path:
         return self.run_dir / "_done" / "stages" / f"{stage}.{shard}.json"
 
-    def stage_done(self, stage: str, shard: str, fingerprint: dict) -> bool:
-        """The stage's shard finished from exactly ``fingerprint``, and every table it wrote is there."""
+    def stage_done(self, stage: str, shard: str, fingerprint: dict | None = None) -> bool:
+        """The stage's shard is committed (its marker and the marker of every table it lists are
+        there and readable) and, when ``fingerprint`` is given, was computed from exactly that."""
         path = self.stage_marker_path(stage, shard)
         if not path.is_file():
             return False
-        m = json.loads(path.read_text())
-        return m.get("fingerprint") == fingerprint and all(self.is_done(t, stage, shard) for t in m.get("tables", []))
+        try:
+            m = self.read_record(path)
+        except DamagedFile:
+            return False
+        return (fingerprint is None or m.get("fingerprint") == fingerprint) and all(self.is_done(t, stage, shard) for t in m.get("tables", []))
 
     def unmark_stage(self, stage: str, shard: str) -> None:
         """Withdraw a stage shard's commit before it is recomputed: its old parts stop counting
@@ -273,9 +334,9 @@ class RunStore:
                           json.dumps({**extra, "fingerprint": fingerprint, "tables": tables, "written_at": time.time()}, sort_keys=True))
 
     def stage_marker(self, stage: str, shard: str) -> dict | None:
-        """A stage shard's commit record, or None when it is not committed."""
+        """A stage shard's commit record, or None when it is not committed (``DamagedFile`` when unreadable)."""
         path = self.stage_marker_path(stage, shard)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self.read_record(path) if path.is_file() else None
 
     def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
         """All finished shards of a table (optionally of one stage, each verified), or an empty table."""
@@ -327,7 +388,7 @@ class RunStore:
     def load_config(self) -> dict:
         if not self.exists():
             raise RunNotFound(f"run {self.run_id!r} not found under {self.data_root / 'runs'}")
-        return json.loads((self.run_dir / "config.json").read_text())
+        return self.read_record(self.run_dir / "config.json")
 
     def set_status(self, status: str, error: str | None = None) -> dict:
         """Record the run's status in ``status.json``: ``running`` (with this process's id,
@@ -335,7 +396,10 @@ class RunStore:
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}, not {status!r}")
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        old = self.read_status(raw=True)
+        try:
+            old = self.read_status(raw=True)
+        except DamagedFile:  # a damaged record is replaced; only its start time is lost
+            old = {}
         rec = {"status": status, "pid": os.getpid(), "pid_start": _process_start(os.getpid()), "host": socket.gethostname(),
                "started_at": old.get("started_at") if status != "running" else now, "updated_at": now,
                "finished_at": now if status != "running" else None, "error": error}
@@ -345,11 +409,12 @@ class RunStore:
     def read_status(self, raw: bool = False) -> dict:
         """The run's status record. A ``running`` run whose process is gone (killed: kill -9,
         a lost machine) on this host reads as ``interrupted``; a run from before status
-        records exists reads as ``finished`` when it has a summary, else ``unknown``."""
+        records exists reads as ``finished`` when it has a summary, else ``unknown``. An unreadable
+        record raises ``DamagedFile``."""
         path = self.run_dir / "status.json"
         if not path.is_file():
             return {} if raw else {"status": "finished" if (self.run_dir / "summary.json").is_file() else "unknown"}
-        rec = json.loads(path.read_text())
+        rec = self.read_record(path)
         if (not raw and rec.get("status") == "running" and rec.get("host") == socket.gethostname()
                 and not _alive(rec.get("pid", -1), rec.get("pid_start"))):
             rec = {**rec, "status": "interrupted", "error": rec.get("error") or "the run's process ended without finishing (killed?)"}

@@ -10,11 +10,13 @@ either unchanged.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from infra.storage import RunStore, atomic_write_text, write_parquet_atomic
+from infra.storage import RunStore
 
 COLUMNS = {
     "dpo": ("pairs", ["prompt", "chosen", "rejected", "pair_id", "problem_id", "stage", "chosen_chain_id", "rejected_chain_id",
@@ -35,14 +37,47 @@ def _chat(rows: list[dict], fmt: str) -> list[dict]:
     return out
 
 
+class ExportError(RuntimeError):
+    """The export cannot be written where it was asked to go (``--to`` is a file, or the place
+    is read-only, full or missing); the message names the place. Nothing is left there."""
+
+
 def export_run(run_dir: Path, fmt: str, to: Path, *, chat: bool = False) -> list[Path]:
+    """Write ``<fmt>.jsonl`` and ``<fmt>.parquet`` of the run into the folder ``to`` (made if
+    missing). All or nothing: both files are written under temp names and renamed into place
+    together; when anything fails, the temp files and the folders this call made are removed,
+    files of an earlier export stay as they were, and ``ExportError`` names the place."""
     table_name, columns = COLUMNS[fmt]
     store = RunStore.at(run_dir)
-    rows = store.read_table(table_name).select(columns).to_pylist()
+    table = store.read_table(table_name).select(columns)
+    rows = table.to_pylist()
     if chat:
         rows = _chat(rows, fmt)
-    to.mkdir(parents=True, exist_ok=True)
-    jsonl, parquet = to / f"{fmt}.jsonl", to / f"{fmt}.parquet"
-    atomic_write_text(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_parquet_atomic(pa.Table.from_pylist(rows) if rows else store.read_table(table_name).select(columns), parquet)
-    return [jsonl, parquet]
+    out = pa.Table.from_pylist(rows) if rows else table
+    to = Path(to)
+    blocker = next((p for p in (to, *to.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ExportError(f"cannot write the {fmt} export to {to}: {blocker} is a file; --to takes a folder, "
+                          f"into which {fmt}.jsonl and {fmt}.parquet are written")
+    made = [p for p in (to, *to.parents) if not p.exists()]
+    final = [to / f"{fmt}.jsonl", to / f"{fmt}.parquet"]
+    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in final]
+    try:
+        to.mkdir(parents=True, exist_ok=True)
+        tmps[0].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        pq.write_table(out, tmps[1], compression="zstd")
+        for tmp in tmps:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        for tmp, path in zip(tmps, final):
+            os.replace(tmp, path)
+    except OSError as e:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        for d in made:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise ExportError(f"cannot write the {fmt} export to {to}: {e.strerror or e}") from None
+    return final

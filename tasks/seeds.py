@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.config import BuiltinSeeds, FileSeeds, RunConfig
 from infra.schemas import from_rows, stable_id
-from infra.storage import file_sha256
+from infra.storage import RunStore, file_sha256
 from infra.tiny.worldgen import Difficulty, generate
 from tasks.answers import ANSWER_RE, check_gold, last_boxed, normalize_gold
 from tasks.common import RunContext
@@ -278,8 +278,9 @@ def shard_problems(problems: pa.Table, size: int, first: int = 0) -> dict[str, p
 
 def manifest_shards(run_dir: str) -> list[str]:
     """The problems shards of the run (the generation stage's shards)."""
-    manifest = Path(run_dir) / "_done" / f"{STAGE}.manifest.json"
-    return json.loads(manifest.read_text())["shards"] if manifest.is_file() else []
+    store = RunStore.at(run_dir)
+    manifest = store.run_dir / "_done" / f"{STAGE}.manifest.json"
+    return store.read_record(manifest).get("shards", []) if manifest.is_file() else []
 
 
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
@@ -291,7 +292,8 @@ def seeds_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg: RunConfig = ctx.cfg
     fp = {**ctx.fingerprint(config_hash, []), "source": source_hash(cfg.seeds)}
-    if not ctx.is_done(STAGE, shard, fp):
+    manifest = ctx.store.run_dir / "_done" / f"{STAGE}.manifest.json"
+    if not ctx.is_done(STAGE, shard, fp) or not manifest.is_file():  # a manifest moved aside (damaged) is written anew
         with SeedShardWriter(ctx, STAGE, fp, cfg.generation.shard_size) as writer:
             for problems, bad in seed_batches(cfg.seeds, ctx.run_id):
                 writer.add(problems, bad)

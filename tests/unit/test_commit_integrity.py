@@ -1,5 +1,6 @@
 """Committed data is trustworthy: a shard's tables appear together, a part changed after its
-commit fails every read loudly, and a killed run is not mistaken for a finished one."""
+commit fails every read of the run loudly (the catalog leaves it out and names it), and a
+killed run is not mistaken for a finished one."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from infra import catalog
-from infra.catalog import CatalogError
 from infra.config import RunConfig
+from infra.query import query as run_query
 from infra.schemas import from_rows
 from infra.storage import PartCorrupt, RunStore
 from tasks.common import RunContext
@@ -37,10 +38,10 @@ def _committed(tmp_path, n=5) -> RunStore:
 
 
 @pytest.mark.parametrize("same_size", [False, True])
-def test_a_part_changed_after_its_commit_fails_every_read_and_names_the_file(tmp_path, same_size):
+def test_a_part_changed_after_its_commit_fails_every_run_read_and_the_catalog_names_it(tmp_path, same_size):
     store = _committed(tmp_path)
     part = store.part_path("problems", "seeds", "00000")
-    assert store.read_table("problems").num_rows == 5 and catalog.query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 5}]
+    assert store.read_table("problems").num_rows == 5 and run_query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 5}]
     if same_size:  # one byte flipped in place: the size matches, the hash does not
         data = bytearray(part.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -51,14 +52,15 @@ def test_a_part_changed_after_its_commit_fails_every_read_and_names_the_file(tmp
         store.read_table("problems")
     with pytest.raises(PartCorrupt):
         store.read_part("problems", "seeds", "00000")
-    with pytest.raises(CatalogError, match="changed after its commit"):
-        catalog.query(tmp_path, "select count(*) from problems")
-    with pytest.raises(PartCorrupt):
-        catalog.refresh(tmp_path)
+    # the catalog leaves the shard out (a damaged run never blocks the others) and names it in the runs view
+    assert run_query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 0}]
+    run = run_query(tmp_path, "select status, error from runs").to_pylist()[0]
+    assert run["status"] == "damaged" and "part-00000.parquet was changed after its commit" in run["error"]
+    assert catalog.refresh(tmp_path).is_file()
     from flows.cli import app
 
-    res = CliRunner().invoke(app, ["query", "select count(*) from problems", "--data-root", str(tmp_path)])
-    assert res.exit_code == 1 and "changed after its commit" in res.stderr
+    res = CliRunner().invoke(app, ["query", "select status from runs", "--data-root", str(tmp_path)])
+    assert res.exit_code == 0 and "damaged" in res.stdout
 
 
 def test_a_shard_counts_only_once_its_stage_marker_commits_all_its_tables(tmp_path):
@@ -69,10 +71,10 @@ def test_a_shard_counts_only_once_its_stage_marker_commits_all_its_tables(tmp_pa
     # killed here, before the stage marker: neither table of the shard is visible to anyone
     assert store.read_table("problems").num_rows == 0
     assert not store.is_done("problems", "self_correction", "00000")
-    assert catalog.query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 0}]
+    assert run_query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 0}]
     store.mark_stage_done("self_correction", "00000", {"f": 1}, ["problems"])
     assert store.read_table("problems").num_rows == 6
-    assert catalog.query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 6}]
+    assert run_query(tmp_path, "select count(*) n from problems").to_pylist() == [{"n": 6}]
 
 
 def test_a_shard_being_recomputed_withdraws_its_old_commit_first(tmp_path):
@@ -99,7 +101,7 @@ def test_the_runs_view_tells_running_finished_failed_and_killed_runs_apart(tmp_p
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     time.sleep(0.1)
-    got = {r["run_id"]: r for r in catalog.query(tmp_path, "select * from runs").to_pylist()}
+    got = {r["run_id"]: r for r in run_query(tmp_path, "select * from runs").to_pylist()}
     assert {k: v["status"] for k, v in got.items()} == {"done": "finished", "bad": "failed", "live": "running", "killed": "interrupted"}
     assert got["bad"]["error"] == "ValueError: boom" and got["done"]["finished_at"] is not None
     assert got["live"]["finished_at"] is None and got["killed"]["pid"] == proc.pid
