@@ -226,7 +226,7 @@ def _hold(ctx: typer.Context, lock) -> None:
 
 
 def _readable(record: Path, repair: str) -> None:
-    """Check an evolve's or a sweep's record before its flow starts: a damaged one is one
+    """Check a sweep's record before its flow starts: a damaged one is one
     message (exit 2) here rather than a failed flow run."""
     if record.is_file():
         try:
@@ -421,16 +421,15 @@ def _errors_reported_here():
 
 
 def _check_evolve_resume(root: Path, evolve_id: str, cfg, allow: bool) -> None:
-    """Refuse, before any work, a resume of an evolve that does not exist or (without ``allow``)
-    names another config than the one it was started with (``tasks.evolve_record``)."""
+    """Refuse, before any work, a resume whose record is damaged or (without ``allow``) names
+    another config than the one the evolve was started with (``tasks.evolve_record``); the
+    record is known to exist."""
+    from flows.evolve import REPAIR
     from tasks.evolve_record import EvolveConfigChanged, settle_config
 
     path = root / "evolve" / f"{evolve_id}.json"
-    if not path.is_file():
-        console.print(f"[red]evolve {evolve_id!r} not found under {root / 'evolve'}[/red]", soft_wrap=True)
-        raise typer.Exit(2)
     try:
-        record = read_json(path, "move it aside to start a new evolve")
+        record = read_json(path, REPAIR)
         settle_config(record, cfg.model_dump(mode="json"), allow=allow, next_round=sum(1 for r in record["rounds"] if r.get("finished")))
     except (ValueError, KeyError, TypeError, StorageError) as e:
         why = str(e) if isinstance(e, (EvolveConfigChanged, StorageError)) else f"its record {path} is damaged ({type(e).__name__}: {e})"
@@ -459,7 +458,7 @@ def evolve(
     if rounds < 1:
         console.print(f"[red]--rounds must be at least 1, got {rounds}[/red]", soft_wrap=True)
         raise typer.Exit(2)
-    from flows.evolve import REPAIR, EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
+    from flows.evolve import EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
     from infra.trainers import TrainError
 
     overrides = _parse_sets(sets)
@@ -476,8 +475,7 @@ def evolve(
         console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
         raise typer.Exit(2)
     _hold(ctx, writer_lock(root / "evolve" / f"{evolve_id}.lock", f"evolve {evolve_id}"))
-    _readable(root / "evolve" / f"{evolve_id}.json", REPAIR)
-    if resume:
+    if resume:  # a new id has no record yet; a resumed one is read once, here
         _check_evolve_resume(root, resume, cfg, allow_config_change)
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
     hint = f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"

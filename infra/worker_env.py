@@ -60,9 +60,8 @@ def runtime_env(backend_json: dict, pool_runtime_env: dict | None) -> dict | Non
     python = worker_python(backend_json, pool_runtime_env)
     if python is not None:
         env["py_executable"] = str(python.absolute())
-        env.setdefault("env_vars", {})
         env["env_vars"] = {"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
-                           "TOKENIZERS_PARALLELISM": "false", **env["env_vars"]}
+                           "TOKENIZERS_PARALLELISM": "false", **env.get("env_vars", {})}
     return env or None
 
 

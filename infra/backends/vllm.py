@@ -47,6 +47,7 @@ import os
 
 from infra.backends.base import BackendUnavailable, Completion, GenRequest, GenResult, InvalidRequest, chat_messages
 from infra.config import VLLMBackend
+from infra.worker_env import REAL_ENGINE
 
 CPU_KV_CACHE_BYTES = 1 << 30
 CLIENT_ERRORS = ("VLLMClientError",)  # vllm.exceptions: caused by the request (4xx), not the engine
@@ -123,7 +124,7 @@ class VLLMGenerator:
         clear_data_parallel_env()
         engine_cls, self.SamplingParams = load_engine(cfg.engine)
         try:
-            self.llm = engine_cls(**engine_kwargs(cfg, cpu=cfg.engine == "vllm:LLM" and on_cpu()))
+            self.llm = engine_cls(**engine_kwargs(cfg, cpu=cfg.engine == REAL_ENGINE and on_cpu()))
         except Exception as e:  # noqa: BLE001 - every start-up failure is reported with the engine's message
             msg = f"{type(e).__name__}: {e}"
             kind = "out of GPU memory" if any(m in msg.lower() for m in OOM_MARKERS) else "failed to start"

@@ -76,11 +76,7 @@ def prefect_server(tmp_path_factory):
         run = lambda *a: subprocess.run([PREFECT, "--no-prompt", *a], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)  # noqa: E731
         yield api, run, logs, recipe, env
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +88,16 @@ def worker(prefect_server):
     try:
         yield p
     finally:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        _stop(p)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _ok(url: str) -> bool:
