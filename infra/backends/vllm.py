@@ -35,8 +35,11 @@ is ``InvalidRequest`` and never marks the engine dead. An out-of-memory (or any 
 waiting; an engine that dies mid-batch marks the generator dead and raises
 ``BackendUnavailable``, and the pool replaces the actor and resends the chunk.
 
-``task: reward`` serves a PRM: ``reward(texts)`` returns each text's per-token reward
-vectors through ``LLM.reward`` (pooling), the model vLLM serves at /pooling.
+``task: reward`` serves a PRM on vLLM's pooling runner: ``reward(texts)`` returns each text's
+rows of ``LLM.encode(texts, pooling_task="token_classify")`` (vLLM 0.32 has no ``LLM.reward``),
+what vLLM serves at /pooling: with STEP pooling, one softmaxed [negative, positive] row per step
+tag. A checkpoint whose config does not declare its pooling gets it from ``engine_args``, e.g.
+``pooler_config: {task: token_classify, tok_pooling_type: STEP, step_tag_id: <id>}``.
 
 The engine class is configurable (``engine: module:Class``): the CPU tests drive this
 code through an engine that honours ``LLM.generate``'s contract (tests/support/tiny_llm.py);
@@ -193,7 +196,7 @@ class VLLMGenerator:
         if self.cfg.task != "reward":
             raise InvalidRequest(f"{self.model_name} serves task {self.cfg.task!r}, not reward")
         try:
-            outs = self.llm.reward(texts, use_tqdm=False)
+            outs = self.llm.encode(texts, pooling_task="token_classify", use_tqdm=False)
         except Exception as e:  # noqa: BLE001
             self.dead = f"{type(e).__name__}: {e}"
             raise BackendUnavailable(f"vLLM engine died mid-batch: {self.dead}") from None

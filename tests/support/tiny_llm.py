@@ -141,13 +141,16 @@ class TinyLLM:
             logits = self.gen.model(torch.tensor([ids]), torch.arange(T)[None], mask)[0][0]
         return torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
 
-    def reward(self, prompts, use_tqdm: bool = False):
-        """``LLM.reward``'s contract: one output per prompt with ``outputs.data``. Without
+    def encode(self, prompts, pooling_params=None, *, use_tqdm: bool = False, pooling_task: str | None = None):
+        """``LLM.encode``'s contract for ``pooling_task="token_classify"`` (vLLM 0.32 has no
+        ``LLM.reward``): one output per prompt with ``outputs.data``. Without
         ``step_tag`` (engine_args): each token's log-prob under the tiny model. With it, vLLM's
         STEP pooling shape: one [negative, positive] row per tag, positive = the tiny model's
         geometric-mean token probability of the step before the tag (a stand-in PRM)."""
         import numpy as np
 
+        if pooling_task != "token_classify":
+            raise ValueError(f"pooling task {pooling_task!r} is not supported by this model; it serves token_classify")
         out = []
         for p in prompts:
             if self.step_tag:

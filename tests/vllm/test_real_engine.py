@@ -83,3 +83,45 @@ def test_an_engine_crash_mid_batch_is_replaced_and_gives_the_same_rows(vllm_pool
     after = [[c.text for c in r.completions] for r in vllm_pool.generate(reqs)]
     assert after == before and vllm_pool.actors[0] is not victim
     assert sum(len(set(texts)) > 1 for texts in before[32:]) > 8  # the sampled requests did sample
+
+
+def test_task_reward_serves_a_process_reward_model_built_from_the_shipped_checkpoint(ray_local, tmp_path):
+    """`task: reward` on vLLM's pooling runner: a PRM made offline from tiny-policy (GPT-2 body,
+    a seeded 2-class head, saved by transformers as GPT2ForSequenceClassification), STEP pooling
+    on the newline token. Each text's rows are the softmaxed head at each tag, equal to what
+    transformers computes. vLLM 0.32 has no `LLM.reward`: the backend called it, and a PRM pool
+    on the real engine died on every batch."""
+    import torch
+    from transformers import AutoTokenizer, GPT2ForSequenceClassification
+
+    from infra.pool import EnginePool
+    from tests.vllm.conftest import POOL
+
+    tok = AutoTokenizer.from_pretrained(POLICY)
+    model = GPT2ForSequenceClassification.from_pretrained(POLICY, num_labels=2)
+    torch.manual_seed(0)
+    model.score.weight.data.normal_(0, 0.5)
+    model.config.pad_token_id = tok.eos_token_id
+    model.save_pretrained(tmp_path / "prm")
+    tok.save_pretrained(tmp_path / "prm")
+    tag = tok.convert_tokens_to_ids("\n")
+    texts = [f"Tom has {k} pens.\nHe buys 5 more, so {k}+5={k + 5}.\n" for k in range(6)]
+    want = []
+    with torch.no_grad():
+        for t in texts:
+            ids = tok(t, return_tensors="pt").input_ids
+            logits = model.score(model.transformer(ids).last_hidden_state)[0]
+            want.append(torch.softmax(logits[ids[0] == tag], -1).tolist())
+
+    prm = policy(model=str(tmp_path / "prm"), task="reward",
+                 engine_args={"pooler_config": {"task": "token_classify", "tok_pooling_type": "STEP", "step_tag_id": tag}})
+    pool = EnginePool(prm, POOL)
+    try:
+        got = pool.reward(texts)
+        with pytest.raises(Exception, match="serves task 'reward'"):
+            pool.generate([GenRequest(texts[0], max_tokens=4)])
+    finally:
+        pool.close()
+    assert [len(r) for r in got] == [2] * 6  # one row per step tag
+    assert all(abs(g - w) < 1e-4 for gr, wr in zip(got, want) for g_row, w_row in zip(gr, wr) for g, w in zip(g_row, w_row))
+    assert len({round(r[1][1], 6) for r in got}) > 1  # the rows depend on the text
