@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import stages as declared
 from infra import catalog, integrity, progress, validation
 from infra.config import RunConfig, apply_overrides, check_inputs, load_config
+from infra.cost import cost_rows, run_cost
 from infra.locks import run_lock
 from infra.pool import close_pool, close_pools, close_run_pools, ensure_ray, fits, prewarm, run_pools, total_need
 from infra.storage import RunStore, StorageError
@@ -266,7 +267,13 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
 
 
 def summarize(run_dir: str, extra: dict | None = None) -> dict:
-    """Row counts, routes and pairs by stage (plus ``extra``), written to ``summary.json``."""
+    """Row counts, routes, pairs by stage and ``cost`` (plus ``extra``), written to ``summary.json``.
+
+    ``cost``: per model stage, what its committed shards cost (``infra.cost.run_cost``:
+    requests, completions, prompt and completion tokens, engine-seconds, shards), summed
+    from their commit records, so cumulative over every invocation of the run (a resume adds
+    only the shards it computes). The ``engine_*`` and ``pool_builds`` extras are this
+    invocation's."""
     store = RunStore.at(run_dir)
     run = declared.check_stages(RunConfig.model_validate(store.load_config()))
     counts = {t: store.read_table(t).num_rows for t in declared.tables(run) if t != "worklist"}
@@ -278,6 +285,7 @@ def summarize(run_dir: str, extra: dict | None = None) -> dict:
         "counts": counts,
         "routes": {r: routes.count(r) for r in sorted(set(routes))},
         "pairs_by_stage": {s: pairs.count(s) for s in sorted(set(pairs))},
+        "cost": run_cost(store),
         **(extra or {}),
     }
     store.write_json("summary.json", summary)
@@ -287,6 +295,9 @@ def summarize(run_dir: str, extra: dict | None = None) -> dict:
 def _publish(summary: dict) -> None:
     rows = [{"table": t, "rows": n} for t, n in summary["counts"].items()]
     create_table_artifact(key="sphere-row-counts", table=rows, description=f"Row counts of run {summary['run_id']}")
+    if summary["cost"]:
+        create_table_artifact(key="sphere-stage-cost", table=cost_rows(summary["cost"]),
+                              description=f"What each stage of run {summary['run_id']} cost (its committed shards)")
     val = RunStore.at(summary["run_dir"]).read_table("validation").to_pylist()
     failed = [v for v in val if not v["success"]]
     md = [

@@ -9,7 +9,9 @@ malformed (``InvalidRequest``) is not retried, nor is a backend's ``DeadlineExce
 call as a whole (every wait, retry and respawn) is bounded by ``call_deadline_s``: past it
 the call raises ``DeadlineExceeded`` naming the model, and an actor still on the chunk is
 replaced. Thread-safe: several Prefect shard tasks
-can share one pool.
+can share one pool. A caller that passes ``cost=`` (an ``infra.cost.Cost``, one per stage
+shard) gets each answered call's tokens, requests and engine-seconds (each chunk timed on
+the actor that served it) added to it; the pool itself does not know which stage called.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from infra.backends.base import (BackendError, BackendTimeout, BackendUnavailable, DeadlineExceeded, GenRequest, GenResult,
                                  InvalidRequest)
 from infra.config import PoolConfig
+from infra.cost import Cost
 from infra.worker_env import runtime_env
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,12 @@ class BackendActor:
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         return self.backend.generate(requests)
 
+    def timed(self, method: str, items: list) -> tuple[list, float]:
+        """``method``'s answer to ``items`` and the seconds this actor spent on it (engine-seconds)."""
+        t0 = time.monotonic()
+        out = getattr(self, method)(items)
+        return out, time.monotonic() - t0
+
     def reward(self, texts: list[str]) -> list[list[float]]:
         """Per-token rewards from a reward/pooling model (vllm backend with ``task: reward``)."""
         if not hasattr(self.backend, "reward"):
@@ -238,13 +247,20 @@ class EnginePool:
                 self.actors[i] = self._spawn()
                 self._start([self.actors[i]])
 
-    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        """Generation, split across the actors (order kept, failed chunks resent)."""
-        return self._call("generate", requests)
+    def generate(self, requests: list[GenRequest], cost: Cost | None = None) -> list[GenResult]:
+        """Generation, split across the actors (order kept, failed chunks resent); the
+        answered call is added to ``cost`` (the calling stage shard's)."""
+        results, seconds = self._call("generate", requests)
+        if cost is not None:
+            cost.add_generation(results, seconds)
+        return results
 
-    def reward(self, texts: list[str]) -> list[list[float]]:
-        """Per-token rewards of ``texts`` from a reward model pool (same retry path)."""
-        return self._call("reward", texts)
+    def reward(self, texts: list[str], cost: Cost | None = None) -> list[list[float]]:
+        """Per-token rewards of ``texts`` from a reward model pool (same retry path), added to ``cost``."""
+        rewards, seconds = self._call("reward", texts)
+        if cost is not None:
+            cost.add_reward(rewards, seconds)
+        return rewards
 
     def _wait_s(self, t0: float) -> float:
         """How long to wait for one chunk: its batch timeout, cut to what is left of the call's deadline."""
@@ -268,9 +284,10 @@ class EnginePool:
         raise DeadlineExceeded(f"engine pool {self.model_name}{where}: {method} did not finish within pool.call_deadline_s={d}s "
                                f"(chunk {i}: {attempts} attempts, batch_timeout_s={self.cfg.batch_timeout_s}); last error: {reason}")
 
-    def _call(self, method: str, requests: list) -> list:
+    def _call(self, method: str, requests: list) -> tuple[list, float]:
+        """(the answers in request order, the engine-seconds of the chunks that were answered)."""
         if not requests:
-            return []
+            return [], 0.0
         t0 = time.monotonic()
         with self._lock:
             slots = least_loaded(self._load, len(requests))
@@ -284,11 +301,12 @@ class EnginePool:
                     self._load[i] -= b - a
                 self.busy.append((t0, time.monotonic()))
 
-    def _dispatch(self, method: str, chunks: list[tuple[int, list]], t0: float) -> list:
-        """Send each (actor index, chunk); collect in order; resend a failed chunk on a fresh actor."""
-        out: dict[int, list[GenResult]] = {}
+    def _dispatch(self, method: str, chunks: list[tuple[int, list]], t0: float) -> tuple[list, float]:
+        """Send each (actor index, chunk); collect in order; resend a failed chunk on a fresh
+        actor. Returns the answers and the summed actor-side seconds of the answered chunks."""
+        out: dict[int, tuple[list, float]] = {}
         attempts = {i: 0 for i, _ in chunks}
-        pending = {i: (self.actors[i], getattr(self.actors[i], method).remote(c)) for i, c in chunks}
+        pending = {i: (self.actors[i], self.actors[i].timed.remote(method, c)) for i, c in chunks}
         while pending:
             i, (actor, ref) = next(iter(pending.items()))
             wait = self._wait_s(t0)
@@ -325,8 +343,8 @@ class EnginePool:
                     log.warning("engine pool: replacement actor failed to start (%s); another (attempt %d)", e, attempts[i])
                     actor = self.actors[i]
             chunk = dict(chunks)[i]
-            pending[i] = (self.actors[i], getattr(self.actors[i], method).remote(chunk))
-        return [r for i, _ in chunks for r in out[i]]
+            pending[i] = (self.actors[i], self.actors[i].timed.remote(method, chunk))
+        return [r for i, _ in chunks for r in out[i][0]], sum(out[i][1] for i, _ in chunks)
 
     def close(self) -> None:
         """Kill the actors; a call still in flight fails (no replacement is started)."""

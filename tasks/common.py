@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from infra.backends.base import BackendError, DeadlineExceeded
 from infra.config import RunConfig, SearchConfig
+from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows
 from infra.storage import RunStore, file_sha256
@@ -96,15 +97,18 @@ class RunContext:
         self.store.unmark_stage(stage, shard)
         return False
 
-    def engine(self, backend_cfg, config_hash: str, search: SearchConfig | None = None) -> Engine:
+    def engine(self, backend_cfg, config_hash: str, search: SearchConfig | None = None, cost: Cost | None = None) -> Engine:
         """The run's Ray pool of ``backend_cfg`` (built once per run, shared by every stage that
-        names this backend) as an ``Engine`` for one shard."""
+        names this backend) as an ``Engine`` for one shard. Every pool call the engine makes
+        (the search, a rollout scorer's samples, a PRM pool's rewards) is added to ``cost``,
+        the shard's, which its ``commit`` records."""
         from infra.pool import get_pool
 
         cfg = self.cfg
         search = search or cfg.search
         pool = get_pool(backend_cfg, cfg.pool, str(self.store.run_dir))
-        return Engine(pool.generate, build_scorer(cfg.scorer, pool.generate, search, cfg.seed, cfg.pool), search, cfg.seed,
+        generate = functools.partial(pool.generate, cost=cost)
+        return Engine(generate, build_scorer(cfg.scorer, generate, search, cfg.seed, cfg.pool, cost), search, cfg.seed,
                       cfg.scorer.unknown_score, pool.model_name, self.run_id, config_hash)
 
     def persist(self, table_name: str, stage: str, shard: str, table: pa.Table, problems: pa.Table | None = None, **meta) -> Path:
@@ -133,12 +137,14 @@ class RunContext:
         return store.write(table_name, stage, shard, outcome.good, **meta)
 
     def commit(self, stage: str, shard: str, outputs: dict[str, pa.Table], fingerprint: dict,
-               problems: pa.Table | None = None, extra: dict | None = None) -> str:
+               problems: pa.Table | None = None, extra: dict | None = None, cost: Cost | None = None) -> str:
         """Persist every output table in order (chains before the pairs that point at them),
         then mark the shard done with its fingerprint: that one marker commits all its tables
-        together (their parts name it; ``extra`` goes into it). Returns the first table's part path."""
+        together (their parts name it; ``extra`` goes into it, and a model stage's ``cost``
+        as its ``cost`` record, ``infra.cost``). Returns the first table's part path."""
+        extra = {**(extra or {}), **({"cost": cost.record()} if cost is not None else {})}
         self.store.unmark_stage(stage, shard)
         paths = [self.persist(name, stage, shard, table, problems, fingerprint=fingerprint, commit=f"{stage}.{shard}")
                  for name, table in outputs.items()]
-        self.store.mark_stage_done(stage, shard, fingerprint, list(outputs), **(extra or {}))
+        self.store.mark_stage_done(stage, shard, fingerprint, list(outputs), **extra)
         return str(paths[0])

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.config import DiversityStage, SearchConfig
+from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows, require
 from tasks.common import RunContext, is_transient
@@ -61,6 +62,8 @@ def diversity_task(run_dir: str, shard: str, config_hash: str) -> str:
     fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
     if not ctx.is_done(STAGE, shard, fp):
         worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, cfg.diversity.shard_size)
-        engine = ctx.engine(cfg.diversity.small_policy, config_hash, small_search_config(cfg.search, cfg.diversity))
-        ctx.commit(STAGE, shard, diversify(worklist, cfg.diversity, engine, cfg.generation.prompt_template), fp, problems=worklist)
+        cost = Cost()
+        engine = ctx.engine(cfg.diversity.small_policy, config_hash, small_search_config(cfg.search, cfg.diversity), cost=cost)
+        ctx.commit(STAGE, shard, diversify(worklist, cfg.diversity, engine, cfg.generation.prompt_template), fp, problems=worklist,
+                   cost=cost)
     return str(ctx.store.part_path("chains", STAGE, shard))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from functools import partial
 
 import pyarrow as pa
 from prefect import task
@@ -22,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.backends.base import GenRequest
 from infra.config import BuiltinSeeds, EvaluateConfig, FileSeeds, RunConfig, SeedsConfig
+from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows, require
 from tasks.answers import extract_answer, is_equivalent
@@ -150,13 +152,13 @@ def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
         dataset = dataset_name(cfg.evaluate, cfg.seeds)
         models = [(cfg.round, cfg.policy)] if cfg.round == 0 else []
         models += [(cfg.round + 1, trained_backend(cfg.policy, m["path"])) for m in store.read_table("models", "train").to_pylist()]
-        evals, items = [], []
+        evals, items, cost = [], [], Cost()
         for rnd, backend in models:
             pool = get_pool(backend, cfg.pool, run_dir)
-            e, i = evaluate_policy(problems, pool.generate, cfg.evaluate, cfg.generation.prompt_template, run_id=ctx.run_id,
-                                   round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed)
+            e, i = evaluate_policy(problems, partial(pool.generate, cost=cost), cfg.evaluate, cfg.generation.prompt_template,
+                                   run_id=ctx.run_id, round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed)
             close_pool(backend, cfg.pool, run_dir)
             evals += e + [{**e[0], "metric": "overlap_removed", "value": float(overlap), "ci_low": None, "ci_high": None}]
             items += i
-        ctx.commit(STAGE, shard, {"evals": from_rows(evals, "evals"), "eval_items": from_rows(items, "eval_items")}, fp)
+        ctx.commit(STAGE, shard, {"evals": from_rows(evals, "evals"), "eval_items": from_rows(items, "eval_items")}, fp, cost=cost)
     return str(store.part_path("evals", STAGE, shard))

@@ -12,6 +12,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.config import GenerationStage
+from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows, require
 from tasks.common import RunContext, is_transient
@@ -41,5 +42,7 @@ def generation_task(run_dir: str, shard: str, config_hash: str) -> str:
     fp = ctx.fingerprint(config_hash, [("problems", "seeds", shard)])
     if not ctx.is_done(STAGE, shard, fp):
         problems = ctx.store.read_part("problems", "seeds", shard)
-        ctx.commit(STAGE, shard, self_generate(problems, ctx.cfg.generation, ctx.engine(ctx.cfg.policy, config_hash)), fp)
+        cost = Cost()
+        ctx.commit(STAGE, shard, self_generate(problems, ctx.cfg.generation, ctx.engine(ctx.cfg.policy, config_hash, cost=cost)), fp,
+                   cost=cost)
     return str(ctx.store.part_path("chains", STAGE, shard))

@@ -3,7 +3,8 @@
 ``load_run(run_dir)`` gathers what the report shows with DuckDB aggregates over the run's
 Parquet (never the whole table in memory): the ``metrics`` rows, histograms of steps,
 tokens and step scores per stage, accuracy by difficulty (operations per problem), route
-counts and the settings that distinguish runs (temperature, E, policy).
+counts, the settings that distinguish runs (temperature, E, policy) and what each model
+stage cost (``infra.cost.run_cost``: tokens, requests, engine-seconds of its committed shards).
 ``render_html(runs, out)`` draws the plots with matplotlib, embeds them as base64 PNGs
 (the file opens without a server or network) and, with more than one run, adds the
 quality-diversity plane with each run as a point and the Pareto front.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.catalog import sql_list
+from infra.cost import cost_rows, run_cost
 from infra.storage import RunStore, atomic_write_text
 from tasks.metrics import ops_by_problem_sql
 
@@ -62,6 +64,7 @@ class RunData:
     by_difficulty: dict[str, list[tuple[int, float, int]]] = field(default_factory=dict)
     routes: dict[str, int] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
+    cost: dict[str, dict] = field(default_factory=dict)  # stage -> infra.cost.run_cost's record
 
     def point(self, stage_table=QD_POINT) -> tuple[float, float] | None:
         m = self.metrics.get(stage_table, {})
@@ -89,7 +92,7 @@ def load_run(run_dir: str | Path) -> RunData:
     policy = cfg["policy"]
     settings = {"temperature": s["temperature"], "E": s["candidates"], "policy": f"{policy['kind']}:{policy.get('checkpoint') or policy.get('model_path') or policy.get('model', '')}",
                 "scorer": cfg["scorer"]["kind"], "seeds": cfg["seeds"].get("n") or cfg["seeds"].get("paths")}
-    data = RunData(store.run_id, str(store.run_dir), f"{store.run_id}", metrics, counts, settings=settings)
+    data = RunData(store.run_id, str(store.run_dir), f"{store.run_id}", metrics, counts, settings=settings, cost=run_cost(store))
     chains = store.committed_parts("chains")
     if chains:
         src = f"read_parquet({sql_list(chains)})"
@@ -209,6 +212,18 @@ def _qdc_table_html(r: RunData) -> str:
     return f"<table><tr><th>stage</th><th>table</th><th>rows</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _cost_table_html(r: RunData) -> str:
+    """The run's "What each stage cost" table (empty string when no stage called an engine)."""
+    rows = cost_rows(r.cost)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(k.replace('_', ' '))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return (f"<h2>What each stage cost: {html.escape(r.run_id)}</h2><p>Summed over the committed shards of each model stage "
+            "(every invocation that made them); engine seconds: the time actors spent on the stage's batches.</p>"
+            f"<table class='stage-cost'><tr>{head}</tr>{body}</table>")
+
+
 CHECK_JS = """
 window.addEventListener('load', function () {
   var imgs = document.querySelectorAll('img.plot'), ok = 0;
@@ -253,6 +268,7 @@ def render_html(runs: list[RunData], out: Path) -> Path:
         parts.append(f"<h2>QDC per stage: {html.escape(r.run_id)}</h2>")
         parts.append(f"<p>settings: {html.escape(json.dumps(r.settings, default=str))}; routes: {html.escape(json.dumps(r.routes))}</p>")
         parts.append(_qdc_table_html(r))
+        parts.append(_cost_table_html(r))
     for title, png in plots:
         parts.append(f"<h2>{html.escape(title)}</h2><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     parts.append(f"<div id='render-check'>not checked</div><script>{CHECK_JS}</script></body></html>")

@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.config import SelfCorrectionStage
+from infra.cost import Cost
 from infra.prompts import Template, load_template
 from infra.schemas import from_rows, require
 from tasks.common import RunContext, is_transient
@@ -80,7 +81,8 @@ def self_correction_task(run_dir: str, shard: str, config_hash: str) -> str:
     fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
     if not ctx.is_done(STAGE, shard, fp):
         worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, ctx.cfg.self_correction.shard_size)
-        engine = ctx.engine(ctx.cfg.self_correction.policy or ctx.cfg.policy, config_hash)
+        cost = Cost()
+        engine = ctx.engine(ctx.cfg.self_correction.policy or ctx.cfg.policy, config_hash, cost=cost)
         out = self_correct(worklist, ctx.cfg.self_correction, engine, load_template(ctx.cfg.generation.prompt_template))
-        ctx.commit(STAGE, shard, out, fp, problems=worklist)
+        ctx.commit(STAGE, shard, out, fp, problems=worklist, cost=cost)
     return str(ctx.store.part_path("chains", STAGE, shard))

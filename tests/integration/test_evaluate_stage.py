@@ -36,3 +36,20 @@ def test_a_held_out_file_changed_under_the_same_path_is_evaluated_again(ray_loca
     assert _evaluate(run_dir) == 3
     _held_out(held, 5)  # same path, same config: only the content changed
     assert _evaluate(run_dir) == 5
+
+
+def test_the_evaluate_stage_records_what_its_engine_calls_cost(ray_local, tmp_path):
+    from infra.cost import run_cost
+
+    held = tmp_path / "held.jsonl"
+    _held_out(held, 3)
+    sets = {"seeds.n": 4, "pool.actors": 1, "evaluate.enabled": True, "evaluate.max_tokens": 16, "evaluate.k": 2,
+            "evaluate.problems": {"kind": "file", "paths": [str(held)]}}
+    run_dir = prepare_run(str(ROOT / "configs" / "quickstart.yaml"), "r", str(tmp_path / "data"), sets)
+    assert _evaluate(run_dir) == 3
+    cost = run_cost(RunStore.at(run_dir))
+    assert list(cost) == ["evaluate"]  # the seeds stage calls no engine
+    c = cost["evaluate"]
+    # round 0 evaluates the policy alone: per problem one greedy request (1 sample) and one with k=2 samples
+    assert (c["requests"], c["completions"], c["shards"]) == (3 * 2, 3 * 3, 1)
+    assert 0 < c["completion_tokens"] <= 16 * c["completions"] and c["prompt_tokens"] > 0 and c["engine_seconds"] > 0

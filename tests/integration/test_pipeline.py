@@ -1,6 +1,8 @@
 """The whole flow in process: real Prefect API, real local Ray actors, real DuckDB and GX."""
 
 import asyncio
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,10 +107,12 @@ def test_rerun_of_a_finished_run_recomputes_nothing(finished_run):
     markers = {p.name: p.stat().st_mtime_ns for p in (store.run_dir / "_done").glob("chains.*")}
     again = sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="it-run", data_root=str(root), overrides=overrides)
     assert again["counts"] == summary["counts"]
+    assert again["cost"] == summary["cost"]  # the committed shards' cost, not this invocation's (nothing) nor doubled
     assert {p.name: p.stat().st_mtime_ns for p in (store.run_dir / "_done").glob("chains.*")} == markers
 
 
 def test_run_publishes_prefect_artifacts(finished_run):
+    _, summary, _ = finished_run
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -122,6 +126,10 @@ def test_run_publishes_prefect_artifacts(finished_run):
     mine = [a for a in summary_md if "Run `it-run`" in a.data]
     assert mine and "Validation:" in mine[0].data
     assert any(a.flow_run_id == mine[0].flow_run_id and '"chains"' in str(a.data).replace("'", '"') for a in counts)
+    cost = [a for a in asyncio.run(read("sphere-stage-cost")) if a.flow_run_id == mine[0].flow_run_id]
+    assert len(cost) == 1
+    rows = json.loads(cost[0].data) if isinstance(cost[0].data, str) else cost[0].data
+    assert {r["stage"]: r["completion_tokens"] for r in rows} == {st: c["completion_tokens"] for st, c in summary["cost"].items()}
 
 
 def test_llamacpp_backend_end_to_end_with_packaged_smollm2(prefect_api, ray_local, tmp_path):
@@ -174,3 +182,56 @@ def test_qdc_metrics_are_stored_per_stage_and_table_and_agree_with_the_chains(fi
     assert m[("generation", "pairs", "pair_validity")]["value"] == 1.0
     got = run_query(root, "select count(*) as n from metrics where run_id = 'it-run'").to_pylist()[0]["n"]
     assert got == len(m)
+
+
+def _chains_made(store: RunStore, stage: str) -> list[dict]:
+    """Every chain a stage's committed shards made: the committed rows and the quarantined ones."""
+    bad = [json.loads(q["row"]) for q in store.read_table("quarantine").to_pylist() if q["stage"] == stage and q["table"] == "chains"]
+    return store.read_table("chains", stage).to_pylist() + bad
+
+
+def test_summary_cost_per_stage_agrees_with_the_committed_chains(finished_run):
+    root, summary, _ = finished_run
+    store = RunStore(root, "it-run")
+    cost = summary["cost"]
+    assert list(cost) == ["generation", "self_correction", "diversity"]  # model stages only, in run order
+    for stage, c in cost.items():
+        chains = _chains_made(store, stage)
+        assert c["shards"] == len(store.committed_shards("chains", stage)) > 0
+        assert c["engine_seconds"] > 0 and c["prompt_tokens"] > 0
+        # the engines generated every candidate: at least the chosen steps, at most what the chains saw sampled
+        # (a request shared by a problem's MAX and MIN chains is in both chains' sampled_tokens)
+        assert sum(ch["completion_tokens"] for ch in chains) <= c["completion_tokens"] <= sum(ch["sampled_tokens"] for ch in chains)
+        if stage == "self_correction":
+            continue  # its chains start from kept steps: the requests per chain are not recoverable from the rows
+        # one request per distinct (problem, steps so far) at each depth a chain took part in
+        assert all(ch["finish"] != "error" for ch in chains)
+        requests = {(ch["problem_id"], tuple(ch["steps"][:d]))
+                    for ch in chains for d in range(ch["n_steps"] + (ch["finish"] == "no_candidates"))}
+        assert c["requests"] == len(requests)
+        assert c["completions"] == len(requests) * chains[0]["candidates"]
+    html = Path(summary["report"]).read_text()
+    assert "What each stage cost" in html
+    for stage, c in cost.items():
+        assert f"<td>{stage}</td><td>{c['requests']}</td><td>{c['completions']}</td><td>{c['prompt_tokens']}</td>" \
+               f"<td>{c['completion_tokens']}</td>" in html
+
+
+def test_a_resume_recomputing_one_shard_replaces_its_cost_and_keeps_the_others(finished_run, tmp_path):
+    from flows.pipeline import sphere_run
+
+    root, summary, overrides = finished_run
+    shutil.copytree(root / "runs" / "it-run", tmp_path / "runs" / "it-run")  # the shared run stays as it is
+    store = RunStore(tmp_path, "it-run")
+    before = {sh: store.stage_marker("generation", sh)["cost"] for _, sh in store.committed_shards("chains", "generation")}
+    shard = sorted(before)[0]
+    store.unmark_stage("generation", shard)  # as if the run had been killed before this shard's commit
+    again = sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="it-run", data_root=str(tmp_path), overrides=overrides)
+    redone = store.stage_marker("generation", shard)["cost"]
+    assert redone["engine_seconds"] > 0  # measured again in this invocation
+    got, was = again["cost"]["generation"], summary["cost"]["generation"]
+    # the tiny backend is reproducible: the recomputed shard made the same requests and tokens, counted once
+    assert {k: got[k] for k in ("requests", "completions", "prompt_tokens", "completion_tokens", "shards")} == \
+           {k: was[k] for k in ("requests", "completions", "prompt_tokens", "completion_tokens", "shards")}
+    assert abs(got["engine_seconds"] - (was["engine_seconds"] - before[shard]["engine_seconds"] + redone["engine_seconds"])) < 0.01
+    assert {st: again["cost"][st] for st in ("self_correction", "diversity")} == {st: summary["cost"][st] for st in ("self_correction", "diversity")}

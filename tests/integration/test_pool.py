@@ -1,11 +1,14 @@
 """The Ray engine pool with real local actors holding the tiny backend."""
 
+import time
+
 import pytest
 import ray
 
 from infra.backends import build_backend
 from infra.backends.base import BackendUnavailable, GenRequest
 from infra.config import PoolConfig, TinyBackend
+from infra.cost import Cost
 from infra.pool import EnginePool
 
 REQS = [
@@ -45,6 +48,26 @@ def test_dead_actor_is_replaced_and_its_chunk_resent(pool):
         ray.get(victim.crash.remote())
     assert texts(pool.generate(REQS)) == want  # nothing lost, nothing doubled
     assert pool.actors[0] is not victim
+
+
+def test_cost_counts_what_the_engines_returned_once_and_the_time_they_spent(pool):
+    local = build_backend(TinyBackend()).generate(REQS)  # the same requests in process: what the counts must be
+    want = {"requests": 9, "completions": 18, "prompt_tokens": sum(r.prompt_tokens for r in local),
+            "completion_tokens": sum(c.completion_tokens for r in local for c in r.completions)}
+    cost = Cost()
+    t0 = time.monotonic()
+    pool.generate(REQS, cost=cost)
+    wall = time.monotonic() - t0
+    pool.generate(REQS)  # a call without this cost adds nothing to it
+    got = cost.record()
+    assert {k: got[k] for k in want} == want
+    assert 0 < got["engine_seconds"] <= len(pool.actors) * wall  # one chunk at a time per actor
+    victim = pool.actors[1]
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(victim.crash.remote())
+    again = Cost()
+    pool.generate(REQS, cost=again)  # its chunk resent on a fresh actor: counted once, not twice
+    assert {k: again.record()[k] for k in want} == want and again.engine_seconds > 0
 
 
 def test_backend_that_cannot_start_fails_fast_with_its_message(ray_local):
