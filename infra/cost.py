@@ -15,8 +15,8 @@ The fields of one record:
 - ``requests``: generation requests (one prompt, ``n`` samples) or texts sent for reward.
 - ``completions``: samples returned (a request with ``n=5`` returns five).
 - ``prompt_tokens``: prompt tokens the backend reports per request (prompt and prefix as
-  rendered, counted once per request whatever its ``n``); for a reward call, the tokens of
-  the texts scored.
+  rendered, counted once per request whatever its ``n``); for a reward call, the rows the
+  model returned (one per token scored, or one per step tag under STEP pooling).
 - ``completion_tokens``: tokens generated, summed over every sample returned, including the
   candidates the search then discards (so more than the chains' ``completion_tokens``,
   which count only the chosen steps).

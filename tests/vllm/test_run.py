@@ -4,6 +4,7 @@ beside a tiny small policy in the driver's environment (tests/vllm/test_evolve.p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -103,3 +104,8 @@ def test_a_run_on_vllm_killed_mid_stage_resumes_to_every_chain_once_equal_to_the
     assert len({c["chain_id"] for c in chains}) == len(chains)  # none doubled
     assert _key(store) == want  # none lost, and the same texts and verdicts as the tiny backend
     assert {c["model"] for c in chains} == {f"vllm:{POLICY}", f"vllm:{SMALL}"}
+    # what each stage cost, over the shards committed before the kill and after the resume
+    cost = json.loads((root / "runs" / run_id / "summary.json").read_text())["cost"]
+    shards = len(list(root.glob(f"runs/{run_id}/_done/chains.generation.*.json")))
+    assert cost["generation"]["shards"] == shards == 4 and cost["generation"]["engine_seconds"] > 0
+    assert cost["diversity"]["completion_tokens"] > 0 and cost["generation"]["completions"] == 5 * cost["generation"]["requests"]
