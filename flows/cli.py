@@ -29,7 +29,10 @@ from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.storage import RunNotFound, RunStore, StorageError, read_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPHERE Factory: verified math reasoning data and preference pairs.")
-console = Console(stderr=True)
+# soft_wrap: a message is never broken inside a path or a command a user copies (Rich wraps
+# at the terminal's width otherwise); tables are still laid out to the width
+console = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True)
 DATA_ROOT_HELP = "Where the runs live (default: $SPHERE_DATA_ROOT, else ./data)."
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -63,7 +66,7 @@ def _print_qdc(run_dir: str) -> None:
         t.add_column(LABELS[metric], justify="right")
     for stage, vals in sorted(by.items()):
         t.add_row(stage, *[f"{vals.get(c, float('nan')):.3f}" for c in RUN_TABLE])
-    Console().print(t)
+    stdout.print(t)
 
 
 @app.command()
@@ -122,20 +125,20 @@ def run(
             raise typer.Exit(1)
         finally:
             progress.install(None)
-    Console().print(f"run {run_id} finished")
+    stdout.print(f"run {run_id} finished")
     t = Table()
     t.add_column("table")
     t.add_column("rows", justify="right")
     for name, count in summary["counts"].items():
         t.add_row(name, str(count))
-    Console().print(t)
-    Console().print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
-    Console().print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"))
+    stdout.print(t)
+    stdout.print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
+    stdout.print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"))
     _print_qdc(summary["run_dir"])
     report_path = Path(summary["run_dir"]) / "report.html"
     if report_path.is_file():
-        Console().print(f"report: {report_path}  (sphere report {run_id} --compare OTHER_RUN to compare runs)")
-    Console().print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
+        stdout.print(f"report: {report_path}  (sphere report {run_id} --compare OTHER_RUN to compare runs)")
+    stdout.print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
 
 
 @app.command()
@@ -179,9 +182,9 @@ def _show_rows(schema, rows: list[dict], total: int) -> None:
         table.add_column(name)
     for row in rows:
         table.add_row(*[("" if v is None else str(v))[:200] for v in row.values()])
-    Console().print(table)
+    stdout.print(table)
     if total > len(rows):
-        Console(stderr=True).print(f"... {total - len(rows):,} more rows ({total:,} in all); use --format csv|json|parquet --out FILE for all")
+        console.print(f"... {total - len(rows):,} more rows ({total:,} in all); use --format csv|json|parquet --out FILE for all")
 
 
 def _failure(e: BaseException, root: Path) -> str:
@@ -274,7 +277,7 @@ def rerun(
     except Exception as e:
         console.print(f"[red]rerun of {stage} failed: {type(e).__name__}: {e}[/red]")
         raise typer.Exit(1)
-    Console().print(f"rerun of {stage} finished: " + ", ".join(f"{k}={v}" for k, v in summary["counts"].items()))
+    stdout.print(f"rerun of {stage} finished: " + ", ".join(f"{k}={v}" for k, v in summary["counts"].items()))
 
 
 @app.command()
@@ -320,7 +323,7 @@ def export(
         console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     for p in paths:
-        Console().print(f"wrote {p}")
+        stdout.print(f"wrote {p}")
 
 
 @app.command()
@@ -341,7 +344,7 @@ def report(
         raise typer.Exit(1)
     for t in summary_tables(runs):
         Console(width=max(Console().width, 160)).print(t)
-    Console().print(f"report: {path}")
+    stdout.print(f"report: {path}")
 
 
 @app.command()
@@ -393,7 +396,7 @@ def sweep(
     runs = [load_run(root / "runs" / r["run_id"]) for r in record["runs"]]
     for t in summary_tables(runs)[-1:]:
         Console(width=max(Console().width, 160)).print(t)
-    Console().print(f"report: {record['report']}")
+    stdout.print(f"report: {record['report']}")
 
 
 class _HideRunErrors:
@@ -499,12 +502,12 @@ def evolve(
         t.add_column(col, justify="right" if col != "model" else "left")
     for a in accuracy_by_round(record):
         t.add_row(str(a["round"]), a["model"], f"{a['accuracy']:.3f}", f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]", str(a["n"]))
-    Console().print(t)
+    stdout.print(t)
     c = record.get("comparison") or {}
     if c:
-        Console().print(f"McNemar round {c['from_round']} vs {c['to_round']}: {c['b_only']} fixed, {c['a_only']} broken, "
+        stdout.print(f"McNemar round {c['from_round']} vs {c['to_round']}: {c['b_only']} fixed, {c['a_only']} broken, "
                         f"p = {c['p_value']:.2g} (n = {c['n']})")
-    Console().print(f"report: {record['report']}")
+    stdout.print(f"report: {record['report']}")
 
 
 @app.command()

@@ -25,7 +25,9 @@ SETS = ["--set", "seeds.n=8", "--set", "generation.shard_size=1", "--set", "gene
 
 
 def _start(root: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
+    # the driver's own ephemeral Prefect server (not the session's shared one) is part of what must not survive
+    env = {**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+           "COLUMNS": "400"}
     return subprocess.Popen(SPHERE + ["run", "--data-root", str(root)] + SETS, cwd=ROOT, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 

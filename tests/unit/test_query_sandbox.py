@@ -240,3 +240,14 @@ def test_csv_output_ends_with_one_newline_and_the_data_root_comes_from_the_envir
     res = CliRunner().invoke(app, ["query", "select 1"])
     assert res.exit_code == 1 and "-nope" in res.stderr
 
+
+
+def test_a_long_path_in_a_message_is_printed_whole_on_an_80_column_terminal(tmp_path, monkeypatch):
+    """Rich wrapped messages at the terminal's width, breaking the path a user copies
+    (`.../catalog.duck` newline `db`); the CLI's consoles soft-wrap instead."""
+    import flows.cli as cli
+
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "data"
+    monkeypatch.setattr(cli.console, "_width", 80)
+    res = CliRunner().invoke(app, ["query", "select 1", "--data-root", str(deep)])
+    assert res.exit_code == 1 and str(deep / "catalog.duckdb") in res.stderr, res.stderr
