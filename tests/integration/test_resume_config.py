@@ -49,4 +49,4 @@ def test_resume_with_a_changed_stage_config_recomputes_that_stage_and_only_what_
     for st in ("routing", "self_correction", "diversity", "sft", "metrics"):
         assert after[st].keys() == before[st].keys() and all(after[st][k] > before[st][k] for k in before[st]), st
     log = [json.loads(line) for line in (store.run_dir / "reruns.jsonl").read_text().splitlines()]
-    assert log[-1]["stage"] == "resume" and log[-1]["changes"] == {"validation.max_wrong_steps": {"old": 0, "new": 2}}
+    assert log[-1]["stage"] == "resume" and log[-1]["changes"]["validation.max_wrong_steps"] == {"old": 0, "new": 2}
