@@ -4,7 +4,8 @@ A ``Stage`` is a plain value: its name (the one name it has everywhere: subflow,
 ``<table>/<stage>/`` folders, ``sphere rerun --stage``), the Prefect task that computes one
 shard (``task(run_dir, shard, config_hash) -> path``; its module holds the pure function),
 the tables it reads and writes, the config values its output depends on (dotted paths;
-their hash is part of every shard's fingerprint), the stages it runs after, how to list its
+their hash, with the settings its commit applies to the tables it writes, is part of every
+shard's fingerprint: ``Stage.config_paths``), the stages it runs after, how to list its
 shards, the backend it runs on (model stages) and whether a config enables it.
 
 The run order, the downstream sets, the CLI's ``--stage`` choices, the rerun's superseded
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 from infra.config import RunConfig
 from infra.storage import RunStore
+from tasks.common import commit_config
 from tasks.diversity import diversity_task
 from tasks.evaluate import evaluate_task
 from tasks.generation import generation_task
@@ -85,13 +87,23 @@ class Stage:
     exclusive: Callable[[RunConfig], bool] = lambda cfg: False  # needs the machine's GPUs: every engine pool is freed first
     stream_from: str | None = None  # streamed: its shards can start as each shard of this stage commits...
     shards_of: Callable[[str, str], list[str]] | None = None  # ...(run_dir, upstream shard) -> the shards it feeds
+    commits: bool = True  # its tables go through RunContext.commit (or the seeds' writer), whose settings it then reads
 
     @property
     def outputs(self) -> tuple[str, ...]:
         return self.writes + IMPLICIT_WRITES
 
+    @property
+    def config_paths(self) -> tuple[str, ...]:
+        """Every config path the stage's shards are computed under: its declared ``config`` plus,
+        when it ``commits``, the settings committing its ``writes`` applies (``commit_config``:
+        the validation gate, and for pairs/SFT process verification and the solve prompt)."""
+        extra = commit_config(self.writes) if self.commits else ()
+        return self.config + tuple(p for p in extra if p not in self.config)
+
     def config_hash(self, cfg: RunConfig) -> str:
-        return cfg.stage_hash(*self.config)
+        """Hash of the values at ``config_paths``: changing any of them, and nothing else, changes it."""
+        return cfg.stage_hash(*self.config_paths)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -118,9 +130,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", sft_task, reads=("problems", "chains"), writes=("sft",),
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
-          config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
+          config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled,
+          commits=False),  # writes its one table with store.write, no suite
     Stage("train", train_task, reads=("pairs", "sft"), writes=("train_log", "models"),
-          config=("train", "policy", "round"), after=("sft",), enabled=lambda cfg: cfg.train.enabled,
+          config=("train", "policy", "round", "evolve_id"), after=("sft",), enabled=lambda cfg: cfg.train.enabled,
           exclusive=lambda cfg: cfg.train.num_gpus > 0),
     Stage("evaluate", evaluate_task, reads=("problems",), writes=("evals", "eval_items"),
           config=("evaluate", "policy", "seeds", "round", "seed", "generation.prompt_template"),

@@ -3,7 +3,7 @@
 A stage wrapper is a few lines::
 
     ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(config_hash, [("problems", "seeds", shard)])    # what the shard is computed from
+    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds", shard)])  # what the shard is computed from
     if ctx.is_done(STAGE, shard, fp):                                   # the one truth for resume
         return ...
     out = pure_stage_function(inputs..., ctx.cfg.<its section>, engine)  # {table: pa.Table}
@@ -21,7 +21,6 @@ marking the shard done, so a resume recomputes it (and fails again until somethi
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,27 +31,25 @@ from infra.config import RunConfig, SearchConfig
 from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows
-from infra.storage import RunStore, file_sha256
+from infra.storage import RunStore
 from infra.validation import ValidationFailed, validate
-from tasks.checks import process_failures, row_checks
+from tasks.checks import PROCESS_COLUMN, process_failures, row_checks
+from tasks.code_version import code_version
 from tasks.engine import Engine
 from tasks.rows import quarantine_rows
 from tasks.scorers import build_scorer
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CODE_SUFFIXES = (".py", ".txt", ".pt", ".json", ".safetensors")
 
-
-@functools.cache
-def code_version() -> str:
-    """Hash of the pipeline's source, prompt and model files: part of every shard fingerprint."""
-    h = hashlib.sha256()
-    for folder in ("tasks", "infra"):
-        for f in sorted((PROJECT_ROOT / folder).rglob("*")):
-            if f.suffix in CODE_SUFFIXES and "__pycache__" not in f.parts:
-                h.update(f.relative_to(PROJECT_ROOT).as_posix().encode())
-                h.update(file_sha256(f).encode())
-    return h.hexdigest()[:16]
+def commit_config(tables: tuple[str, ...]) -> tuple[str, ...]:
+    """The config paths that committing ``tables`` reads (``RunContext.persist`` and the seeds'
+    writer): the failure-share gate for every table; for pairs and SFT rows also process
+    verification (``validation.max_wrong_steps`` over steps cut at ``search.step_separator``)
+    and the solve prompt they are checked against (``generation.prompt_template``). A stage
+    that commits through these adds them to its fingerprint's config (``flows.stages``)."""
+    paths = ["validation.max_failure_share"]
+    if set(tables) & set(PROCESS_COLUMN):
+        paths += ["validation.max_wrong_steps", "search.step_separator", "generation.prompt_template"]
+    return tuple(paths)
 
 
 def is_transient(task, task_run, state) -> bool:
@@ -83,10 +80,11 @@ class RunContext:
     def run_id(self) -> str:
         return self.store.run_id
 
-    def fingerprint(self, config_hash: str, inputs: list[tuple]) -> dict:
-        """What a shard is computed from: the stage's config hash, the code version and the
-        content hash of its committed inputs (``(table, stage or None[, shard])`` each)."""
-        return {"config": config_hash, "code": code_version(), "inputs": self.store.content_hash(inputs)}
+    def fingerprint(self, module: str, config_hash: str, inputs: list[tuple]) -> dict:
+        """What a shard is computed from: the stage's config hash, the code version of its task's
+        ``module`` (its ``__name__``: the code it reaches, ``tasks.code_version``) and the content
+        hash of its committed inputs (``(table, stage or None[, shard])`` each)."""
+        return {"config": config_hash, "code": code_version(module), "inputs": self.store.content_hash(inputs)}
 
     def is_done(self, stage: str, shard: str, fingerprint: dict) -> bool:
         """Whether the shard is committed from exactly ``fingerprint``. When it is not, the

@@ -59,7 +59,7 @@ def diversity_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg = ctx.cfg
     part = shard.rsplit("-", 1)[0]  # the generation shard whose routing fed this one
-    fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
+    fp = ctx.fingerprint(__name__, config_hash, [("worklist", "routing", part)])
     if not ctx.is_done(STAGE, shard, fp):
         worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, cfg.diversity.shard_size)
         cost = Cost()

@@ -144,7 +144,7 @@ def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg: RunConfig = ctx.cfg
     store = ctx.store
-    fp = {**ctx.fingerprint(config_hash, [("problems", "seeds"), ("models", "train")]),
+    fp = {**ctx.fingerprint(__name__, config_hash, [("problems", "seeds"), ("models", "train")]),
           "held_out": source_hash(held_out_seeds(cfg.evaluate, cfg.seeds))}  # a held-out file's content, not only its path
     if not ctx.is_done(STAGE, shard, fp):
         training = {q.strip() for q in store.read_table("problems", "seeds").column("question").to_pylist()}

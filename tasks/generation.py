@@ -39,7 +39,7 @@ def self_generate(problems: pa.Table, section: GenerationStage, engine: Engine) 
 def generation_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Self-generation over one ``problems`` shard -> a validated ``chains`` shard (its path)."""
     ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(config_hash, [("problems", "seeds", shard)])
+    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds", shard)])
     if not ctx.is_done(STAGE, shard, fp):
         problems = ctx.store.read_part("problems", "seeds", shard)
         cost = Cost()

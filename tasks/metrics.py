@@ -503,7 +503,7 @@ def _quarantined_pairs(con, store) -> dict[str, int]:
 def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Compute the run's QDC ``metrics`` table (embedder built once per worker process); its path."""
     ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft")]
+    fp = ctx.fingerprint(__name__, config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft")]
                          + [("quarantine", stage) for stage in pair_quarantine(ctx.store)])
     if not ctx.is_done(STAGE, shard, fp):
         section = ctx.cfg.metrics

@@ -101,7 +101,7 @@ def routing_task(run_dir: str, shard: str, config_hash: str) -> str:
     start as soon as this shard commits."""
     ctx = RunContext.open(run_dir)
     store = ctx.store
-    fp = ctx.fingerprint(config_hash, [("problems", "seeds", shard), ("chains", "generation", shard)])
+    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds", shard), ("chains", "generation", shard)])
     if not ctx.is_done(STAGE, shard, fp):
         problems = store.read_part("problems", "seeds", shard)
         out = route(problems, store.read_part("chains", "generation", shard), ctx.cfg.generation, run_id=ctx.run_id)

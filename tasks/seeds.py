@@ -291,7 +291,7 @@ def seeds_task(run_dir: str, shard: str, config_hash: str) -> str:
     an earlier, different sharding are moved aside. Returns the manifest path."""
     ctx = RunContext.open(run_dir)
     cfg: RunConfig = ctx.cfg
-    fp = {**ctx.fingerprint(config_hash, []), "source": source_hash(cfg.seeds)}
+    fp = {**ctx.fingerprint(__name__, config_hash, []), "source": source_hash(cfg.seeds)}
     manifest = ctx.store.run_dir / "_done" / f"{STAGE}.manifest.json"
     if not ctx.is_done(STAGE, shard, fp) or not manifest.is_file():  # a manifest moved aside (damaged) is written anew
         with SeedShardWriter(ctx, STAGE, fp, cfg.generation.shard_size) as writer:

@@ -78,7 +78,7 @@ def self_correction_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Self-correction over one worklist shard -> validated ``chains`` and ``pairs`` shards."""
     ctx = RunContext.open(run_dir)
     part = shard.rsplit("-", 1)[0]  # the generation shard whose routing fed this one
-    fp = ctx.fingerprint(config_hash, [("worklist", "routing", part)])
+    fp = ctx.fingerprint(__name__, config_hash, [("worklist", "routing", part)])
     if not ctx.is_done(STAGE, shard, fp):
         worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, ctx.cfg.self_correction.shard_size)
         cost = Cost()

@@ -78,7 +78,7 @@ def jaccard_matrix(texts: list[str], cfg: DedupConfig) -> np.ndarray:
 def sft_task(run_dir: str, shard: str, config_hash: str) -> str:
     """Write the validated ``sft`` table from every stage's chains (its path)."""
     ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(config_hash, [("problems", "seeds"), ("chains", None)])
+    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds"), ("chains", None)])
     if not ctx.is_done(STAGE, shard, fp):
         problems = ctx.store.read_table("problems", "seeds")
         out = sft_set(problems, ctx.store.read_table("chains"), ctx.cfg.dedup, ctx.cfg.generation.prompt_template, run_id=ctx.run_id)

@@ -79,7 +79,7 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg = ctx.cfg
     store = ctx.store
-    fp = ctx.fingerprint(config_hash, [("pairs", None), ("sft", None)])
+    fp = ctx.fingerprint(__name__, config_hash, [("pairs", None), ("sft", None)])
     if not ctx.is_done(STAGE, shard, fp):
         mid = model_id(ctx.run_id, cfg.round)
         base = store.run_dir / "models" / STAGE
