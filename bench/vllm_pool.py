@@ -102,7 +102,9 @@ def main() -> None:
         req_file = Path(tmp) / "batches.json"
         req_file.write_text(json.dumps({"backend": backend.model_dump(mode="json"), "batches": batches}))
         res = subprocess.run([env["py_executable"], str(ROOT / "bench" / "vllm_bare.py"), str(req_file)],
-                             capture_output=True, text=True, env={**env.get("env_vars", {}), **_base_env()})
+                             # the actor's engine threads: Ray sets OMP_NUM_THREADS to an actor's num_cpus (1 here);
+                             # without it the bare engine in its own process multiplies on both cores
+                             capture_output=True, text=True, env={**env.get("env_vars", {}), **_base_env(), "OMP_NUM_THREADS": "1"})
     if res.returncode != 0:
         sys.exit(f"bare vLLM failed:\n{res.stderr[-3000:]}")
     bare = json.loads(next(x for x in res.stdout.splitlines()[::-1] if x.startswith("RESULT "))[7:])  # vLLM logs to stdout too
@@ -112,7 +114,7 @@ def main() -> None:
         "factory_tokens": tokens[0], "factory_s": round(factory_s, 2), "factory_tok_per_s": round(tokens[0] / factory_s, 1),
         "bare_tokens": bare["tokens"], "bare_s": bare["seconds"], "bare_tok_per_s": round(bare["tokens"] / bare["seconds"], 1),
         "ratio": round((tokens[0] / factory_s) / (bare["tokens"] / bare["seconds"]), 3), "target": 0.9,
-        "prefix_cache_hit_rate": bare["prefix_cache_hit_rate"], "engine_kwargs": bare["engine_kwargs"],
+        "prefix_cache_hit_rate": bare["prefix_cache_hit_rate"], "engine_threads": 1, "engine_kwargs": bare["engine_kwargs"],
     }
     text = json.dumps(result, indent=2)
     print(text)
