@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import threading
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -50,9 +51,16 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
+# CPython 3.11's ast keeps one interpreter-wide recursion counter: two threads building or
+# parsing trees at once can fail with "SystemError: AST constructor recursion depth mismatch"
+# (seen in a run: shard tasks fingerprint in Prefect's worker threads). Every parse here holds it.
+AST_LOCK = threading.RLock()
+
+
 @functools.cache
 def _tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), str(path))
+    with AST_LOCK:
+        return ast.parse(path.read_text(), str(path))
 
 
 def _imports(name: str, modules: dict[str, Path]) -> set[str]:
@@ -95,7 +103,8 @@ def reached(module: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
 
 def _strip_docstrings(tree: ast.Module) -> ast.Module:
     """A copy of ``tree`` without docstrings (the first string statement of a module, class or function)."""
-    tree = ast.parse(ast.unparse(tree))
+    with AST_LOCK:
+        tree = ast.parse(ast.unparse(tree))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
@@ -108,7 +117,8 @@ def _strip_docstrings(tree: ast.Module) -> ast.Module:
 @functools.cache
 def module_digest(path: Path) -> str:
     """Hash of a module's code: its syntax tree without docstrings (comments and layout never count)."""
-    return hashlib.sha256(ast.dump(_strip_docstrings(_tree(path))).encode()).hexdigest()
+    with AST_LOCK:
+        return hashlib.sha256(ast.dump(_strip_docstrings(_tree(path))).encode()).hexdigest()
 
 
 @functools.cache

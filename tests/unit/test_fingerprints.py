@@ -186,3 +186,40 @@ def test_each_stage_has_its_own_code_version():
     versions = {st.name: code_version(st.task.fn.__module__) for st in STAGES}
     assert len(set(versions.values())) == len(versions)
     assert all(st.task.fn.__module__.startswith("tasks.") for st in STAGES)
+
+
+def test_shard_threads_never_parse_at_once(monkeypatch):
+    """CPython 3.11's ast is not safe across threads (a run's generation shard failed with
+    `SystemError: AST constructor recursion depth mismatch` while shard tasks fingerprinted in
+    Prefect's worker threads): code versions computed from many threads parse one at a time."""
+    import ast
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import code_version as cv
+
+    active, most, guard = [0], [0], threading.Lock()
+    real = ast.parse
+
+    def parse(*a, **kw):
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.002)
+        try:
+            return real(*a, **kw)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(ast, "parse", parse)
+    cv.code_version.cache_clear()
+    cv.module_digest.cache_clear()
+    try:
+        with ThreadPoolExecutor(4) as ex:
+            versions = list(ex.map(cv.code_version, ["tasks.generation", "tasks.self_correction", "tasks.diversity", "tasks.evaluate"]))
+    finally:
+        cv.code_version.cache_clear()
+        cv.module_digest.cache_clear()
+    assert len(versions) == 4 and most[0] == 1
