@@ -107,17 +107,26 @@ def _ok(url: str) -> bool:
         return False
 
 
-def _deployment(api: str, name: str = "sphere-run/quickstart-nightly") -> dict:
-    r = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
+def _api(method: str, url: str, **kw) -> httpx.Response:
+    """One API call, retried on 429/502/503 as Prefect's own client does: its SQLite server,
+    on a 2-core machine busy with the rest of the suite, answers 503 to a request it could
+    not serve in time (seen on create_flow_run)."""
+    for attempt in range(6):
+        r = httpx.request(method, url, timeout=30, **kw)
+        if r.status_code not in (429, 502, 503):
+            break
+        time.sleep(1 + 2 * attempt)
     r.raise_for_status()
-    return r.json()
+    return r
+
+
+def _deployment(api: str, name: str = "sphere-run/quickstart-nightly") -> dict:
+    return _api("GET", f"{api}/deployments/name/{name}").json()
 
 
 def _start(api: str, parameters: dict, deployment: str = "sphere-run/quickstart-nightly") -> str:
     dep = _deployment(api, deployment)
-    r = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}, timeout=10)
-    r.raise_for_status()
-    return r.json()["id"]
+    return _api("POST", f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}).json()["id"]
 
 
 def _final_state(api: str, flow_run_id: str, timeout: float = 420) -> dict:
