@@ -8,16 +8,12 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-PACKAGES = ("flows", "tasks", "infra")
+from tasks.code_version import PACKAGES, _modules as _project_modules
 
 
 def _modules() -> dict[str, Path]:
-    out = {}
-    for pkg in PACKAGES:
-        for f in (ROOT / pkg).rglob("*.py"):
-            parts = f.relative_to(ROOT).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
-    return out
+    """Every project module: dotted name -> file (the one walker ``tasks.code_version`` uses)."""
+    return dict(_project_modules(ROOT))
 
 
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
