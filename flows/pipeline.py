@@ -49,7 +49,7 @@ class StageDeadlineExceeded(StageFailed):
 def _deadline_error(run_dir: str, cfg: RunConfig, sts: list[declared.Stage], finished: int, total: int) -> StageDeadlineExceeded:
     """Free the run's engines (their calls in flight fail at once) and name what ran out of time."""
     run_pools(run_dir).release_unneeded([], cfg.pool)
-    backends = [st.backend(cfg) for st in sts if st.backend]
+    backends = [b for st in sts if st.backends for b in st.backends(cfg)]
     models = sorted({f"{b.kind}:{getattr(b, 'model', None) or getattr(b, 'checkpoint', None) or ''}" for b in backends})
     return StageDeadlineExceeded(
         f"{'+'.join(st.name for st in sts)} ran past pool.stage_deadline_s={cfg.pool.stage_deadline_s}s on "
@@ -118,7 +118,7 @@ def _host_slot(cfg: RunConfig, *stages: declared.Stage):
     """A slot of the host's model-stage concurrency limit (``pool.host_concurrency_limit``)
     when one is configured and any of ``stages`` is a model stage; else nothing."""
     limit = cfg.pool.host_concurrency_limit
-    if all(st.backend is None for st in stages) or not limit:
+    if all(st.backends is None for st in stages) or not limit:
         return nullcontext()
     return concurrency(limit.format(host=socket.gethostname()), occupy=1, strict=False)
 
@@ -137,7 +137,7 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
     task = _shard_task(st, cfg)
     done, failed, causes = [], [], []
     with _host_slot(cfg, st):
-        if st.backend:
+        if st.backends:
             ensure_ray(cfg.pool)  # on this (the flow's) thread, not a task's
         futures = [task.submit(run_dir, s, config_hash) for s in shards]
         progress.report(st.name, 0, len(shards))
@@ -151,8 +151,9 @@ def stage_flow(run_dir: str, stage: str) -> list[str]:
                 progress.report(st.name, len(done) + len(failed), len(shards))
         except TimeoutError:
             raise _deadline_error(run_dir, cfg, [st], len(done), len(shards)) from None
-    if st.backend and cfg.scheduling == "barrier":
-        close_pool(st.backend(cfg), cfg.pool, run_dir)  # the barrier baseline: every stage loads and frees its own engines
+    if st.backends and cfg.scheduling == "barrier":
+        for b in st.backends(cfg):
+            close_pool(b, cfg.pool, run_dir)  # the barrier baseline: every stage loads and frees its own engines
     if failed:
         err = StageFailed(f"{len(failed)} of {len(shards)} {st.name} shards failed (finished ones kept):\n" + "\n".join(failed))
         err.causes = tuple(causes)
@@ -176,7 +177,7 @@ def _prune(store: RunStore, st: declared.Stage, shards: list[str]) -> None:
 
 def _shard_task(st: declared.Stage, cfg: RunConfig):
     """The stage's Prefect task; a model stage's retries infrastructure failures (``pool.shard_retries``)."""
-    return st.task.with_options(retries=cfg.pool.shard_retries) if st.backend else st.task
+    return st.task.with_options(retries=cfg.pool.shard_retries) if st.backends else st.task
 
 
 @flow(name="stream", flow_run_name="{label}")
@@ -217,7 +218,7 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
     inflight = {True: 0, False: 0}
 
     def push(st: declared.Stage, shard: str) -> None:
-        heapq.heappush(ready[st.backend is not None], (-rank[st.name], next(order), st.name, shard))
+        heapq.heappush(ready[st.backends is not None], (-rank[st.name], next(order), st.name, shard))
         total[st.name] += 1
 
     def submit(model: bool) -> None:
@@ -232,7 +233,7 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
     limit = cfg.pool.stage_deadline_s
     end = time.monotonic() + limit if limit else None
     with _host_slot(cfg, *sts):
-        if any(st.backend for st in sts):
+        if any(st.backends for st in sts):
             ensure_ray(cfg.pool)
         for sh in head_shards:
             push(head, sh)
@@ -247,7 +248,7 @@ def stream_flow(run_dir: str, stages: list[str], label: str = "stream", max_infl
                 st, shard, fut = events.get(timeout=None if end is None else max(0.0, end - time.monotonic()))
             except queue.Empty:
                 raise _deadline_error(run_dir, cfg, sts, sum(map(len, done.values())), sum(total.values())) from None
-            inflight[st.backend is not None] -= 1
+            inflight[st.backends is not None] -= 1
             try:
                 done[st.name].append(fut.result())
             except Exception as e:  # a failed shard fails the group after the others finish; its followers never start
@@ -388,17 +389,18 @@ def _run_stages(run_dir: str) -> dict:
     # validated. A resumed run loads nothing ahead: each stage builds what it needs.
     t_start = time.monotonic()
     validation.preload()
-    model_stages = [s for s in run if s.backend]
+    model_stages = [s for s in run if s.backends]
     pools = run_pools(run_dir)
     if model_stages:
-        ensure_ray(cfg.pool, total_need([s.backend(cfg) for s in model_stages], cfg.pool))
+        ensure_ray(cfg.pool, total_need([b for s in model_stages for b in s.backends(cfg)], cfg.pool))
         if not _started(store, model_stages[0]):
-            prewarm(model_stages[0].backend(cfg), cfg.pool, run_dir)
+            for b in model_stages[0].backends(cfg):
+                prewarm(b, cfg.pool, run_dir)
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency)  # a stage alone: at most `concurrency` shards
     stream_runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency + 1)  # model shards + one CPU shard
     parts = [p for g in declared.stream_groups(run) for p in _fitting(g, cfg)] if cfg.scheduling == "streaming" else [[st] for st in run]
     for k, part in enumerate(parts):
-        needed = [st.backend(cfg) for st in part if st.backend]
+        needed = [b for st in part if st.backends for b in st.backends(cfg)]
         if any(st.exclusive(cfg) for st in part):  # e.g. TRL training on the GPUs the engines hold
             pools.release_unneeded([], cfg.pool)
         elif needed and not fits(pools.backends() + needed, cfg.pool):  # make room: free what this part does not use
@@ -408,7 +410,7 @@ def _run_stages(run_dir: str) -> dict:
         else:
             label = "+".join(st.name for st in part)
             stream_flow.with_options(task_runner=stream_runner)(run_dir, [st.name for st in part], label, cfg.generation.concurrency)
-        later = [st.backend(cfg) for p in parts[k + 1:] for st in p if st.backend]
+        later = [b for p in parts[k + 1:] for st in p if st.backends for b in st.backends(cfg)]
         pools.release_unneeded(later, cfg.pool)  # engines no remaining stage needs
     catalog.refresh(store.data_root)
     wall = time.monotonic() - t_start
@@ -436,7 +438,7 @@ def _fitting(group: list[declared.Stage], cfg: RunConfig) -> list[list[declared.
     parts: list[list[declared.Stage]] = [[]]
     backends: list = []
     for st in group:
-        mine = [st.backend(cfg)] if st.backend else []
+        mine = list(st.backends(cfg)) if st.backends else []
         if mine and backends and not fits(backends + mine, cfg.pool):
             parts.append([])
             backends = []

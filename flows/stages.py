@@ -6,7 +6,9 @@ shard (``task(run_dir, shard, config_hash) -> path``; its module holds the pure 
 the tables it reads and writes, the config values its output depends on (dotted paths;
 their hash, with the settings its commit applies to the tables it writes, is part of every
 shard's fingerprint: ``Stage.config_paths``), the stages it runs after, how to list its
-shards, the backend it runs on (model stages) and whether a config enables it.
+shards, the backends it runs on (model stages: every engine its shards use, a PRM scorer's
+reward pool included, so the run builds, fits and frees them all) and whether a config
+enables it.
 
 The run order, the downstream sets, the CLI's ``--stage`` choices, the rerun's superseded
 outputs and the fingerprints are derived from ``STAGES``. ``check_stages`` refuses, before
@@ -27,6 +29,7 @@ from tasks.evaluate import evaluate_task
 from tasks.generation import generation_task
 from tasks.metrics import metrics_task
 from tasks.routing import routing_task
+from tasks.scorers import prm_backends
 from tasks.seeds import manifest_shards, seeds_task
 from tasks.self_correction import self_correction_task
 from tasks.sft import sft_task
@@ -69,6 +72,11 @@ def worklist_shards(stage: str) -> Callable[[str], list[str]]:
     return shards
 
 
+def searching(policy: Callable[[RunConfig], Any]) -> Callable[[RunConfig], tuple]:
+    """A search stage's backends: its policy, and its scorer's reward pool when the scorer is a PRM on one."""
+    return lambda cfg: (policy(cfg), *prm_backends(cfg.scorer))
+
+
 def always(cfg: RunConfig) -> bool:
     return True
 
@@ -82,7 +90,7 @@ class Stage:
     config: tuple[str, ...]  # dotted config paths the stage's output depends on
     after: tuple[str, ...] = ()
     shards: Callable[[str], list[str]] = one_shard  # run_dir -> shard ids, read when the stage starts
-    backend: Callable[[RunConfig], Any] | None = None  # model stages: the backend config they run on
+    backends: Callable[[RunConfig], tuple] | None = None  # model stages: every backend config their shards use
     enabled: Callable[[RunConfig], bool] = always
     exclusive: Callable[[RunConfig], bool] = lambda cfg: False  # needs the machine's GPUs: every engine pool is freed first
     stream_from: str | None = None  # streamed: its shards can start as each shard of this stage commits...
@@ -111,7 +119,7 @@ STAGES: tuple[Stage, ...] = (
           config=("seeds", "generation.shard_size")),
     Stage("generation", generation_task, reads=("problems",), writes=("chains",),
           config=("seed", "policy", "search", "scorer", "generation.prompt_template"),
-          after=("seeds",), shards=manifest_shards, backend=lambda cfg: cfg.policy),
+          after=("seeds",), shards=manifest_shards, backends=searching(lambda cfg: cfg.policy)),
     Stage("routing", routing_task, reads=("problems", "chains"), writes=("routes", "pairs", "worklist"),
           config=("generation.mixed_outcome", "self_correction.shard_size", "diversity.shard_size"),
           after=("generation",), shards=manifest_shards, stream_from="generation", shards_of=same_shard),
@@ -119,13 +127,13 @@ STAGES: tuple[Stage, ...] = (
           config=("seed", "policy", "search", "scorer", "self_correction.policy", "self_correction.prompt_template",
                   "self_correction.shard_size", "generation.prompt_template"),
           after=("routing",), shards=worklist_shards("self_correction"),
-          backend=lambda cfg: cfg.self_correction.policy or cfg.policy, enabled=lambda cfg: cfg.self_correction.enabled,
+          backends=searching(lambda cfg: cfg.self_correction.policy or cfg.policy), enabled=lambda cfg: cfg.self_correction.enabled,
           stream_from="routing", shards_of=consumers_of("self_correction")),
     Stage("diversity", diversity_task, reads=("worklist",), writes=("chains", "pairs"),
           config=("seed", "search", "scorer", "diversity.small_policy", "diversity.candidates", "diversity.shard_size",
                   "generation.prompt_template"),
           after=("routing",), shards=worklist_shards("diversity"),
-          backend=lambda cfg: cfg.diversity.small_policy, enabled=lambda cfg: cfg.diversity.enabled,
+          backends=searching(lambda cfg: cfg.diversity.small_policy), enabled=lambda cfg: cfg.diversity.enabled,
           stream_from="routing", shards_of=consumers_of("diversity")),
     Stage("sft", sft_task, reads=("problems", "chains"), writes=("sft",),
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
@@ -137,7 +145,7 @@ STAGES: tuple[Stage, ...] = (
           exclusive=lambda cfg: cfg.train.num_gpus > 0),
     Stage("evaluate", evaluate_task, reads=("problems",), writes=("evals", "eval_items"),
           config=("evaluate", "policy", "seeds", "round", "seed", "generation.prompt_template"),
-          after=("train",), backend=lambda cfg: cfg.policy, enabled=lambda cfg: cfg.evaluate.enabled),
+          after=("train",), backends=lambda cfg: (cfg.policy,), enabled=lambda cfg: cfg.evaluate.enabled),
 )
 
 

@@ -97,7 +97,8 @@ class RunContext:
 
     def engine(self, backend_cfg, config_hash: str, search: SearchConfig | None = None, cost: Cost | None = None) -> Engine:
         """The run's Ray pool of ``backend_cfg`` (built once per run, shared by every stage that
-        names this backend) as an ``Engine`` for one shard. Every pool call the engine makes
+        names this backend) as an ``Engine`` for one shard; a PRM scorer's reward pool is the
+        run's too (``flows.stages`` declares it among the stage's ``backends``). Every pool call the engine makes
         (the search, a rollout scorer's samples, a PRM pool's rewards) is added to ``cost``,
         the shard's, which its ``commit`` records."""
         from infra.pool import get_pool
@@ -106,7 +107,7 @@ class RunContext:
         search = search or cfg.search
         pool = get_pool(backend_cfg, cfg.pool, str(self.store.run_dir))
         generate = functools.partial(pool.generate, cost=cost)
-        return Engine(generate, build_scorer(cfg.scorer, generate, search, cfg.seed, cfg.pool, cost), search, cfg.seed,
+        return Engine(generate, build_scorer(cfg.scorer, generate, search, cfg.seed, cfg.pool, cost, str(self.store.run_dir)), search, cfg.seed,
                       cfg.scorer.unknown_score, pool.model_name, self.run_id, config_hash)
 
     def persist(self, table_name: str, stage: str, shard: str, table: pa.Table, problems: pa.Table | None = None, **meta) -> Path:

@@ -209,10 +209,10 @@ class RolloutScorer:
 
 
 SCORERS = {
-    "arithmetic": lambda cfg, generate, search, seed, pool_cfg, cost: ArithmeticScorer(cfg.ungrounded_score),
-    "logprob": lambda cfg, generate, search, seed, pool_cfg, cost: LogprobScorer(),
-    "prm": lambda cfg, generate, search, seed, pool_cfg, cost: _prm(cfg, pool_cfg, cost),
-    "rollout": lambda cfg, generate, search, seed, pool_cfg, cost: RolloutScorer(
+    "arithmetic": lambda cfg, generate, search, seed, pool_cfg, cost, owner: ArithmeticScorer(cfg.ungrounded_score),
+    "logprob": lambda cfg, generate, search, seed, pool_cfg, cost, owner: LogprobScorer(),
+    "prm": lambda cfg, generate, search, seed, pool_cfg, cost, owner: _prm(cfg, pool_cfg, cost, owner),
+    "rollout": lambda cfg, generate, search, seed, pool_cfg, cost, owner: RolloutScorer(
         generate, k=cfg.rollouts, temperature=cfg.rollout_temperature, max_tokens=cfg.rollout_max_tokens,
         separator=search.step_separator, seed=seed,
     ),
@@ -238,20 +238,27 @@ class PRMScorer:
         return out
 
 
-def _prm(cfg, pool_cfg, cost=None) -> StepScorer:
-    if cfg.prm_backend is not None:  # the PRM on a reward pool of Ray actors
+def prm_backends(cfg) -> tuple:
+    """The backend configs a scorer config runs on (``ScorerConfig``): a PRM's reward pool, or none."""
+    return (cfg.prm_backend,) if cfg.kind == "prm" and cfg.prm_backend is not None else ()
+
+
+def _prm(cfg, pool_cfg, cost=None, owner: str | None = None) -> StepScorer:
+    if cfg.prm_backend is not None:  # the PRM on a reward pool of Ray actors, owned by the run like its other engines
         from functools import partial
 
         from infra.config import PoolConfig
         from infra.pool import get_pool
 
-        pool = get_pool(cfg.prm_backend, pool_cfg or PoolConfig())
+        pool = get_pool(cfg.prm_backend, pool_cfg or PoolConfig(), owner)
         return PRMScorer(pool_fn=partial(pool.reward, cost=cost))
     return PRMScorer(cfg.prm_url, cfg.prm_model, timeout_s=cfg.prm_timeout_s)
 
 
-def build_scorer(cfg, generate=None, search=None, seed: int = 0, pool_cfg=None, cost=None) -> StepScorer:
+def build_scorer(cfg, generate=None, search=None, seed: int = 0, pool_cfg=None, cost=None, owner: str | None = None) -> StepScorer:
     """The step scorer named by ``cfg.kind`` (explicit mapping). ``generate`` is the policy,
     needed by scorers that sample (rollout; its calls count wherever ``generate`` counts them);
-    ``pool_cfg`` places a PRM's reward pool, whose calls are added to ``cost`` (``infra.cost``)."""
-    return SCORERS[cfg.kind](cfg, generate, search, seed, pool_cfg, cost)
+    ``pool_cfg`` places a PRM's reward pool, whose calls are added to ``cost`` (``infra.cost``);
+    ``owner`` (a run directory) owns that pool (``infra.pool.run_pools``), so the run frees it
+    with its other engines; None: the process's pools outside any run."""
+    return SCORERS[cfg.kind](cfg, generate, search, seed, pool_cfg, cost, owner)

@@ -184,16 +184,44 @@ def test_prm_scorer_on_a_reward_pool_reads_the_step_pooling_rows(ray_local):
     assert 0.0 <= bad < good <= 1.0 and empty is None
 
 
-def test_a_run_scored_by_a_prm_on_a_reward_pool(prefect_api, ray_local, tmp_path):
+def test_a_run_scored_by_a_prm_on_a_reward_pool_owns_it_and_frees_it_before_exclusive_training(
+        prefect_api, ray_local, tmp_path, monkeypatch):
+    """Issue 20: the PRM's reward pool was built with no owner, so the run neither counted it
+    (``fits``) nor freed it before an exclusive (GPU) training stage, where its actors kept
+    their CPUs/GPUs while TRL trained. Here the train stage is declared exclusive and its task
+    is a probe that reads what the run's actors hold while it runs."""
+    import dataclasses
+
+    import ray
+    from prefect import task
+
+    from flows import stages as declared
     from flows.pipeline import sphere_run
     from infra.storage import RunStore
 
+    held_before = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
+    seen: dict = {}
+
+    @task(name="train")
+    def probe(run_dir: str, shard: str, config_hash: str) -> str:
+        end = time.monotonic() + 20  # a killed actor's CPU comes back within moments
+        while True:
+            held = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
+            if held <= held_before or time.monotonic() > end:
+                seen["held"] = held
+                return ""
+            time.sleep(0.2)
+
+    exclusive = dataclasses.replace(declared.get("train"), task=probe, exclusive=lambda cfg: True)
+    monkeypatch.setattr(declared, "STAGES", tuple(exclusive if s.name == "train" else s for s in declared.STAGES))
     prm = _vllm(task="reward", engine_args={"step_tag": "<extra_0>"}).model_dump()
-    sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="prm", data_root=str(tmp_path),
+    summary = sphere_run(config_path=str(ROOT / "configs" / "quickstart.yaml"), run_id="prm", data_root=str(tmp_path),
                # one policy actor + one PRM actor: the two CPUs of the test's Ray
                overrides={"seeds.n": 3, "scorer.kind": "prm", "scorer.prm_backend": prm, "pool.runtime_env": POOL["runtime_env"],
-                          "pool.actors": 1, "pool.startup_timeout_s": 120,
+                          "pool.actors": 1, "pool.startup_timeout_s": 120, "train.enabled": True, "evaluate.enabled": False,
                           "self_correction.enabled": False, "diversity.enabled": False, "metrics.enabled": False})
+    assert summary["pool_builds"] == 2  # the policy's pool and the PRM's, both the run's
+    assert seen["held"] == held_before  # while "training": no actor of the run holds a CPU, the PRM's included
     chains = RunStore(tmp_path, "prm").read_table("chains").to_pylist()
     assert len(chains) == 6 and {c["scorer"] for c in chains} == {"prm"}
     # step scores are the stand-in PRM's P(positive), not the arithmetic scorer's 0/0.5/1
