@@ -5,7 +5,7 @@ whole command (``infra.locks``); a second writer is refused with exit code 3. Re
 report, export) never take it.
 
 Where the data lives, for every command: ``--data-root`` if given, else ``$SPHERE_DATA_ROOT``,
-else the config's ``data_root`` (``run``/``sweep``), else ``data``.
+else the config's ``data_root`` (``run``/``sweep``/``evolve``), else ``data``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rich.table import Table
 
 from flows import stages as declared
 from infra import integrity
-from infra.config import ConfigError, check_inputs, load_config
+from infra.config import ConfigError, RunConfig, check_inputs, load_config
 from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.storage import RunNotFound, RunStore, StorageError, read_json
 
@@ -48,6 +48,31 @@ def _parse_sets(sets: list[str]) -> dict:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
+
+
+def _setup(config: Path, n: Optional[int], sets: list[str], data_root: Optional[Path], *, check: bool = False,
+           forced: dict | None = None) -> tuple[dict, RunConfig, Path]:
+    """The options every writer command shares: ``--set`` (a malformed one is a usage error) and
+    ``--n`` as overrides; the config validated with them (and with ``forced``, kept out of the
+    overrides; ``check``: its input files too) before any work, a ``ConfigError`` being one red
+    message and exit code 2; and the data root. Returns (overrides, config, data root)."""
+    overrides = _parse_sets(sets)
+    if n is not None:
+        overrides["seeds.n"] = n
+    try:
+        cfg = load_config(config, {**overrides, **(forced or {})})
+        if check:
+            check_inputs(cfg, config)
+    except ConfigError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2)
+    return overrides, cfg, _data_root(data_root, cfg.data_root)
+
+
+def _resume(command: str, id_: str, root: Path, kept: str = "", tail: str = "") -> str:
+    """The command that resumes ``id_`` under ``root``; with ``kept``, as the hint after a failure."""
+    again = f"sphere {command} --resume {id_} --data-root {root}{tail}"
+    return f"finished {kept} are kept; resume with: {again}" if kept else again
 
 
 def _print_qdc(run_dir: str) -> None:
@@ -82,18 +107,10 @@ def run(
     """Run the whole pipeline: every declared stage in order (see `sphere rerun --help` for the stages)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    overrides = _parse_sets(sets)
-    if n is not None:
-        overrides["seeds.n"] = n
     path = config or DEFAULT_CONFIG
-    try:
-        cfg = load_config(path, overrides)  # validate before any work
-        check_inputs(cfg, path)
-    except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
-    root = _data_root(data_root, cfg.data_root)
-    from flows.pipeline import new_run_id, prepare_run, sphere_run
+    overrides, cfg, root = _setup(path, n, sets, data_root, check=True)
+    from flows.pipeline import prepare_run, sphere_run
+    from flows.run_ids import new_run_id
     from infra import progress
 
     if resume:
@@ -107,7 +124,7 @@ def run(
         console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
-    hint = f"finished shards are kept; resume with: sphere run --resume {run_id} --data-root {root}"
+    hint = _resume("run", run_id, root, kept="shards")
     with _lifetime(hint), Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, int] = {}
 
@@ -361,35 +378,26 @@ def sweep(
     """Run the same seeds under several settings and compare them in one report."""
     from flows.sweep import REPAIR, SweepError, new_sweep_id, sphere_sweep
 
-    overrides = _parse_sets(sets)
-    if n is not None:
-        overrides["seeds.n"] = n
     parsed: dict[str, list] = {}
     for g in grid:
         if "=" not in g:
             raise typer.BadParameter(f"--grid {g!r}: expected field=v1,v2,...")
         k, v = g.split("=", 1)
         parsed[k.strip()] = [_parse_sets([f"x={x}"])["x"] for x in v.split(",") if x.strip()]
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
-    sweep_id = resume or new_sweep_id(cfg.name)
-    root = _data_root(data_root, cfg.data_root)
+    overrides, cfg, root = _setup(config, n, sets, data_root)
+    sweep_id, grids = resume or new_sweep_id(cfg.name), " ".join(f"--grid {g}" for g in grid)
     _hold(ctx, writer_lock(root / "sweeps" / f"{sweep_id}.lock", f"sweep {sweep_id}"))
     _readable(root / "sweeps" / f"{sweep_id}.json", REPAIR)
     console.print(f"sweep id: [bold]{sweep_id}[/bold] ({len(parsed)} fields)")
     try:
-        with _lifetime(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} --data-root {root} "
-                       + " ".join(f"--grid {g}" for g in grid)):
+        with _lifetime(_resume(f"sweep {config}", sweep_id, root, kept="runs", tail=f" {grids}")):
             record = sphere_sweep(config_path=str(config), grid=parsed, sweep_id=sweep_id, data_root=str(root), overrides=overrides)
     except (SweepError, ConfigError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2)
     except Exception as e:
         console.print(f"[red]sweep {sweep_id} failed: {type(e).__name__}: {e}[/red]")
-        console.print(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} " + " ".join(f"--grid {g}" for g in grid))
+        console.print(f"finished runs are kept; resume with: sphere sweep {config} --resume {sweep_id} {grids}")
         raise typer.Exit(1)
     from tasks.report import load_run, summary_tables
 
@@ -464,15 +472,7 @@ def evolve(
     from flows.evolve import EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
     from infra.trainers import TrainError
 
-    overrides = _parse_sets(sets)
-    if n is not None:
-        overrides["seeds.n"] = n
-    try:
-        cfg = load_config(config, {**overrides, "train.enabled": True, "evaluate.enabled": True})
-    except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
-    root = _data_root(data_root, cfg.data_root)
+    overrides, cfg, root = _setup(config, n, sets, data_root, forced={"train.enabled": True, "evaluate.enabled": True})
     evolve_id = resume or new_evolve_id(cfg.name)
     if resume and not (root / "evolve" / f"{resume}.json").is_file():
         console.print(f"[red]evolve {resume!r} not found under {root / 'evolve'}[/red]")
@@ -481,7 +481,7 @@ def evolve(
     if resume:  # a new id has no record yet; a resumed one is read once, here
         _check_evolve_resume(root, resume, cfg, allow_config_change)
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
-    hint = f"finished rounds are kept; resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}"
+    hint = _resume(f"evolve {config} --rounds {rounds}", evolve_id, root, kept="rounds")
     try:
         with _lifetime(hint), _errors_reported_here():
             record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides,
@@ -491,7 +491,7 @@ def evolve(
         raise typer.Exit(1)
     except (EvolveError, TrainError, ValueError) as e:
         console.print(f"evolve {evolve_id} stopped: {e}", style="red", soft_wrap=True, markup=False, highlight=False)
-        console.print(f"resume with: sphere evolve {config} --rounds {rounds} --resume {evolve_id} --data-root {root}", soft_wrap=True)
+        console.print(f"resume with: {_resume(f'evolve {config} --rounds {rounds}', evolve_id, root)}", soft_wrap=True)
         raise typer.Exit(2 if isinstance(e, ValueError) and not isinstance(e, EvolveError) else 1)
     except Exception as e:
         console.print(f"evolve {evolve_id} failed: {_failure(e, root)}", style="red", soft_wrap=True, markup=False, highlight=False)
@@ -534,12 +534,7 @@ def server(
 @app.command("check-config")
 def check_config(config: Path = typer.Argument(..., help="Config YAML to validate.")) -> None:
     """Validate a config file and print it with all defaults filled in."""
-    try:
-        cfg = load_config(config)
-        check_inputs(cfg, config)
-    except ConfigError as e:
-        console.print(f"[red]{e}[/red]")
-        raise typer.Exit(2)
+    _, cfg, _ = _setup(config, None, [], None, check=True)
     sys.stdout.write(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.pipeline import StageFailed, new_run_id, sphere_run
+from flows.pipeline import StageFailed, sphere_run
+from flows.run_ids import bound_or_new_id, new_run_id
 from infra.config import RunConfig, load_config
 from infra.locks import writer_lock
 from infra.storage import RunStore, atomic_write_text, read_json
@@ -135,11 +136,8 @@ def _evolve_config(config_path: str, overrides: dict | None) -> RunConfig:
 def _evolve_id(name: str, evolve_id: str | None) -> str:
     """``evolve_id``, else inside a flow run (a deployment's scheduled run) an id derived from
     the flow run's id, ``<name>-evolve-fr<id>``, so ``prefect flow-run retry`` resumes the same
-    evolve; else a new id."""
-    from prefect.runtime import flow_run
-
-    fid = flow_run.get_id()
-    return evolve_id or (f"{name}-evolve-fr{str(fid).replace('-', '')[:12]}" if fid else new_evolve_id(name))
+    evolve; else a new id (the rule of every id: ``flows.run_ids``)."""
+    return evolve_id or bound_or_new_id(f"{name}-evolve")
 
 
 def _evolve_name() -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import queue
-import secrets
 import socket
 import time
 from contextlib import nullcontext
@@ -27,6 +26,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stages as declared
+from flows.run_ids import flow_run_bound_id as _flow_run_bound_id, new_run_id
 from infra import catalog, integrity, progress, validation
 from infra.config import RunConfig, apply_overrides, check_inputs, load_config
 from infra.cost import cost_rows, run_cost
@@ -54,10 +54,6 @@ def _deadline_error(run_dir: str, cfg: RunConfig, sts: list[declared.Stage], fin
     return StageDeadlineExceeded(
         f"{'+'.join(st.name for st in sts)} ran past pool.stage_deadline_s={cfg.pool.stage_deadline_s}s on "
         f"{', '.join(models) or 'no backend'}: {finished} of {total} shards finished and are kept; resume to redo the rest")
-
-
-def new_run_id(name: str) -> str:
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def locate_run(config_path: str | None, run_id: str | None = None, data_root: str | None = None,
@@ -104,14 +100,6 @@ def _prepare(cfg: RunConfig, store: RunStore, config_path: str | None, overrides
 def _config(config_path: str | None, overrides: dict | None) -> RunConfig:
     """The run's validated config: ``config_path`` with ``overrides``, or the defaults with them."""
     return load_config(config_path, overrides) if config_path else RunConfig.model_validate(apply_overrides({}, overrides))
-
-
-def _flow_run_bound_id(name: str) -> str | None:
-    """Inside a Prefect flow run (a deployment's scheduled run), a run id derived from the
-    flow run's id, so ``prefect flow-run retry`` finds the same run directory and redoes only
-    its unfinished shards. None outside a flow run."""
-    fid = flow_run.get_id()
-    return f"{name}-fr{str(fid).replace('-', '')[:12]}" if fid else None
 
 
 def _host_slot(cfg: RunConfig, *stages: declared.Stage):

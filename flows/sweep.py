@@ -18,7 +18,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.pipeline import new_run_id, sphere_run
+from flows.pipeline import sphere_run
+from flows.run_ids import new_run_id
 from infra.config import load_config
 from infra.locks import writer_lock
 from infra.storage import read_json
