@@ -30,3 +30,22 @@ def bound_or_new_id(name: str) -> str:
     """The id a run (or evolve, sweep) without an explicit id gets: inside a flow run the one
     bound to it (``flow_run_bound_id``), else a new one (``new_run_id``)."""
     return flow_run_bound_id(name) or new_run_id(name)
+
+
+def run_flow_run_name() -> str:
+    """The ``sphere-run`` flow run's name: the id of the run it writes (its ``run_id``
+    parameter, else the id the run gets from the flow run, ``<name>-fr<id>``), as ``sphere
+    report``, ``rerun``, ``export`` and ``run --resume`` take it. ``new-run`` only when the
+    config cannot be read; the flow run then fails in ``prepare_run`` with the config's error."""
+    from prefect import runtime
+
+    from infra.config import config_or_defaults
+
+    params = runtime.flow_run.parameters
+    if params.get("run_id"):
+        return params["run_id"]
+    try:
+        name = config_or_defaults(params.get("config_path"), params.get("overrides")).name
+    except Exception:  # noqa: BLE001 - a name must not fail the run before prepare_run reports why
+        return "new-run"
+    return flow_run_bound_id(name) or "new-run"

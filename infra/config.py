@@ -442,6 +442,11 @@ def apply_overrides(raw: dict, overrides: dict | None) -> dict:
 FILE_SEED_SECTIONS = ("seeds", "evaluate.problems")  # sections that may name seed files
 
 
+def config_or_defaults(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """``load_config(path, overrides)``, or without a path the defaults with ``overrides``."""
+    return load_config(path, overrides) if path else RunConfig.model_validate(apply_overrides({}, overrides))
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     """Read and validate ``path``; relative seed paths are resolved against its folder (a
     single path may be given as a string). ``ConfigError`` with one message naming the file

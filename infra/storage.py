@@ -338,6 +338,35 @@ class RunStore:
         path = self.stage_marker_path(stage, shard)
         return self.read_record(path) if path.is_file() else None
 
+    def stage_marker_paths(self, stage: str) -> list[Path]:
+        """Every commit record of ``stage``, one per shard that has one (readable or not), sorted."""
+        return sorted((self.run_dir / "_done" / "stages").glob(f"{stage}.*.json"))
+
+    def prune_stage(self, stage: str, tables: tuple[str, ...], implicit: tuple[str, ...], keep: list[str]) -> None:
+        """A new sharding of ``stage`` leaves no stale shards behind: its commit records of shards
+        not in ``keep`` first (so no reader sees a commit whose files moved), then the parts of
+        the ``tables`` it writes and of their ``implicit`` companions (``<table>/<stage>-<written>``)."""
+        keep_set = set(keep)
+        stale = [m for m in self.stage_marker_paths(stage) if m.stem.partition(".")[2] not in keep_set]
+        if stale:
+            self.supersede(stale, f"stale-{stage}")
+        for table in tables:
+            self.prune(table, stage, keep)
+            for other in implicit:
+                self.prune(other, f"{stage}-{table}", keep)
+
+    def stage_outputs(self, stage: str, tables: tuple[str, ...], implicit: tuple[str, ...]) -> list[Path]:
+        """Every file and folder ``stage`` owns when it writes ``tables`` (each with its
+        ``implicit`` companions): its commit records (first: a reader never sees one without its
+        files), ``<table>/<stage>``, ``<implicit>/<stage>-*``, the tables' markers and its manifest."""
+        done = self.run_dir / "_done"
+        paths = self.stage_marker_paths(stage)
+        paths += [self.run_dir / t / stage for t in tables] + [d for t in implicit for d in (self.run_dir / t).glob(f"{stage}-*")]
+        paths += [m for t in (*tables, *implicit) for m in done.glob(f"{t}.{stage}.*.json")]
+        paths += [m for t in implicit for m in done.glob(f"{t}.{stage}-*.json")]
+        paths += [done / f"{stage}.manifest.json"]
+        return [p for p in dict.fromkeys(paths) if p.exists()]
+
     def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
         """All finished shards of a table (optionally of one stage, each verified), or an empty table."""
         parts = [pq.read_table(f) for f in self.committed_parts(table_name, stage)]

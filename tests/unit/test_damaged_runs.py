@@ -169,7 +169,7 @@ def test_markers_read_as_not_done_when_damaged_so_resume_recomputes_them(tmp_pat
 
 def test_a_new_sharding_moves_the_old_commits_aside_with_their_files(tmp_path):
     from flows import stages as declared
-    from flows.pipeline import _prune
+    from flows.runs import prune_stale as _prune
     from infra import integrity
 
     store = finished_run(tmp_path / "data")  # 3 shards; now resharded to 2

@@ -41,7 +41,6 @@ def test_flow_runs_are_named_with_the_id_they_write_and_naming_never_fails_a_run
 
     def runtime(**params):
         fake = SimpleNamespace(parameters=params, get_id=lambda: "0a1b2c3d-4e5f-6789-abcd-ef0123456789")
-        monkeypatch.setattr(pipeline, "flow_run", fake)
         monkeypatch.setattr(prefect.runtime, "flow_run", fake)
 
     quickstart = str(ROOT / "configs" / "quickstart.yaml")
