@@ -116,9 +116,10 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
     models = store.read_table("models", "train").to_pylist()
     if not models:
         raise EvolveError(f"round {round} ({run_id}) trained no model; see its train_log and pairs")
-    evals = [e for e in store.read_table("evals").to_pylist() if e["metric"] != "overlap_removed"]
+    evals = store.read_table("evals").to_pylist()
     cfg = RunConfig.model_validate(store.load_config())
-    create_table_artifact(key=f"sphere-evolve-round-{round}", table=[{k: e[k] for k in ("round", "model", "metric", "value", "ci_low", "ci_high", "n")} for e in evals],
+    shown = ("round", "model", "metric", "value", "ci_low", "ci_high", "n", "overlap_removed")
+    create_table_artifact(key=f"sphere-evolve-round-{round}", table=[{k: e.get(k) for k in shown} for e in evals],
                           description=f"Held-out accuracy, round {round} of {evolve_id}")
     result = {"round": round, "run_id": run_id, "policy": policy, "model": models[0], "evals": evals,
               "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"]}

@@ -96,6 +96,7 @@ class Stage:
     stream_from: str | None = None  # streamed: its shards can start as each shard of this stage commits...
     shards_of: Callable[[str, str], list[str]] | None = None  # ...(run_dir, upstream shard) -> the shards it feeds
     commits: bool = True  # its tables go through RunContext.commit (or the seeds' writer), whose settings it then reads
+    optional_reads: tuple[str, ...] = ()  # read when an earlier enabled stage writes them (evaluate: train's models)
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -138,12 +139,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", sft_task, reads=("problems", "chains"), writes=("sft",),
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
-          config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled,
-          commits=False),  # writes its one table with store.write, no suite
+          config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
     Stage("train", train_task, reads=("pairs", "sft"), writes=("train_log", "models"),
           config=("train", "policy", "round", "evolve_id"), after=("sft",), enabled=lambda cfg: cfg.train.enabled,
           exclusive=lambda cfg: cfg.train.num_gpus > 0),
-    Stage("evaluate", evaluate_task, reads=("problems",), writes=("evals", "eval_items"),
+    Stage("evaluate", evaluate_task, reads=("problems",), optional_reads=("models",), writes=("evals", "eval_items"),
           config=("evaluate", "policy", "seeds", "round", "seed", "generation.prompt_template"),
           after=("train",), backends=lambda cfg: (cfg.policy,), enabled=lambda cfg: cfg.evaluate.enabled),
 )
@@ -216,7 +216,8 @@ def enabled(cfg: RunConfig, stages: tuple[Stage, ...] | None = None) -> tuple[St
 
 def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
     """The enabled stages in run order, after checking that each reads only tables an earlier
-    enabled stage writes (StageGraphError naming the stage and the table otherwise)."""
+    enabled stage writes, and that no table it reads when present (``optional_reads``) is
+    written only by a later enabled stage (StageGraphError naming the stage and the table otherwise)."""
     stages = STAGES if stages is None else stages
     written: set[str] = set()
     run = enabled(cfg, stages)
@@ -224,6 +225,10 @@ def check_stages(cfg: RunConfig, stages: tuple[Stage, ...] | None = None) -> tup
         missing = [t for t in s.reads if t not in written]
         if missing:
             raise StageGraphError(f"stage {s.name!r} reads {missing}, which no earlier enabled stage writes "
+                                  f"(stages in order: {', '.join(x.name for x in run)})")
+        late = [t for t in s.optional_reads if t not in written and any(t in x.outputs for x in run[run.index(s) + 1:])]
+        if late:
+            raise StageGraphError(f"stage {s.name!r} reads {late}, which an enabled stage writes only after it "
                                   f"(stages in order: {', '.join(x.name for x in run)})")
         written.update(s.outputs)
     return run

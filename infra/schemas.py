@@ -187,13 +187,16 @@ EVALS = pa.schema(
         ("round", pa.int32()),  # the round the model serves (0 = the starting policy)
         ("model", pa.string()),
         ("dataset", pa.string()),
-        ("metric", pa.string()),  # greedy | maj@k | pass@k | overlap_removed
+        ("metric", pa.string()),  # greedy | maj@k | pass@k
         ("value", pa.float64()),
         ("ci_low", pa.float64()),
         ("ci_high", pa.float64()),
         ("n", pa.int64()),
+        ("overlap_removed", pa.int64()),  # held-out problems dropped because their question is a training question
     ]
 )
+"""Held-out results, one row per model and metric; ``n`` problems were evaluated after
+``overlap_removed`` were dropped for overlapping the run's training problems."""
 
 EVAL_ITEMS = pa.schema(
     [

@@ -82,7 +82,7 @@ def _pair_derived(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _suite(table_name: str, gxe):
-    """The expectations of a table's suite (none for tables without one, e.g. routes, metrics)."""
+    """The expectations of a table's suite (none for tables without one, e.g. routes)."""
     true = [True]
     common = {
         "problems": [
@@ -120,6 +120,15 @@ def _suite(table_name: str, gxe):
             gxe.ExpectColumnValuesToBeInSet(column="_completion_verified", value_set=true),
             gxe.ExpectColumnValuesToBeInSet(column="_prompt_matches", value_set=true),
         ],
+        "metrics": [  # value may be NaN (e.g. ops_per_problem when no problem states its operations)
+            gxe.ExpectColumnValuesToNotBeNull(column="stage"),
+            gxe.ExpectColumnValuesToBeInSet(column="table", value_set=["chains", "pairs", "sft"]),
+            gxe.ExpectColumnValuesToNotBeNull(column="metric"),
+            gxe.ExpectColumnValueLengthsToBeBetween(column="metric", min_value=1),
+            gxe.ExpectColumnValuesToBeOfType(column="value", type_="float64"),
+            gxe.ExpectColumnValuesToNotBeNull(column="n"),
+            gxe.ExpectColumnValuesToBeBetween(column="n", min_value=0),
+        ],
     }
     return common.get(table_name, [])
 
@@ -137,7 +146,7 @@ def validate(table_name: str, table: pa.Table, extra: dict[str, list] | None = N
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    if table.num_rows == 0 or not _suite(table_name, gxe):  # nothing to check (routes and metrics have no suite)
+    if table.num_rows == 0 or not _suite(table_name, gxe):  # nothing to check (routes have no suite)
         return Outcome(table, [], [])
     df = table.to_pandas(types_mapper=None)
     df = DERIVED.get(table_name, lambda d: d)(df)

@@ -4,7 +4,8 @@
 run's own seeds section with another generator seed, or ``section.problems``), with every
 problem whose question is also a training question removed and counted; none left is an
 error (``NoHeldOutProblems``). The stage's fingerprint covers a held-out file's content.
-``evaluate_policy(problems, generate, section, ...) -> (evals rows, per-problem rows)``:
+``evaluate_policy(problems, generate, section, ...) -> (evals rows, per-problem rows)``
+(every evals row carries that count as ``overlap_removed``):
 one greedy completion per problem (the whole solution, temperature 0), plus ``k`` samples
 at ``section.temperature`` when ``k > 1`` for maj@k (the most frequent answer is right)
 and pass@k (any answer is right). Answers are checked against gold like every chain.
@@ -98,8 +99,10 @@ def _answers(generate: Generate, prompts: list[str], n: int, temperature: float,
 
 
 def evaluate_policy(problems: pa.Table, generate: Generate, section: EvaluateConfig, prompt_template: str, *,
-                    run_id: str, round: int, model: str, dataset: str, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """(``evals`` rows, ``eval_items`` rows) of one model on ``problems`` (see the module docstring)."""
+                    run_id: str, round: int, model: str, dataset: str, seed: int = 0,
+                    overlap_removed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(``evals`` rows, ``eval_items`` rows) of one model on ``problems`` (see the module docstring);
+    ``overlap_removed``: how many held-out problems were dropped before (``held_out``), on every row."""
     require(problems, "problems", ["problem_id", "question", "gold_answer"])
     solve = load_template(prompt_template)
     rows = problems.select(["problem_id", "question", "gold_answer"]).to_pylist()
@@ -114,7 +117,8 @@ def evaluate_policy(problems: pa.Table, generate: Generate, section: EvaluateCon
     for metric, flags in right.items():
         lo, hi = wilson(sum(flags), len(flags))
         evals.append({"run_id": run_id, "round": round, "model": model, "dataset": dataset, "metric": metric,
-                      "value": sum(flags) / len(flags) if flags else 0.0, "ci_low": lo, "ci_high": hi, "n": len(flags)})
+                      "value": sum(flags) / len(flags) if flags else 0.0, "ci_low": lo, "ci_high": hi, "n": len(flags),
+                      "overlap_removed": overlap_removed})
     items = [{"run_id": run_id, "round": round, "model": model, "dataset": dataset, "problem_id": r["problem_id"],
               "answer": a[0], "correct": ok} for r, a, ok in zip(rows, greedy, right["greedy"])]
     return evals, items
@@ -156,9 +160,10 @@ def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
         for rnd, backend in models:
             pool = get_pool(backend, cfg.pool, run_dir)
             e, i = evaluate_policy(problems, partial(pool.generate, cost=cost), cfg.evaluate, cfg.generation.prompt_template,
-                                   run_id=ctx.run_id, round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed)
+                                   run_id=ctx.run_id, round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed,
+                                   overlap_removed=overlap)
             close_pool(backend, cfg.pool, run_dir)
-            evals += e + [{**e[0], "metric": "overlap_removed", "value": float(overlap), "ci_low": None, "ci_high": None}]
+            evals += e
             items += i
         ctx.commit(STAGE, shard, {"evals": from_rows(evals, "evals"), "eval_items": from_rows(items, "eval_items")}, fp, cost=cost)
     return str(store.part_path("evals", STAGE, shard))

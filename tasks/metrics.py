@@ -501,7 +501,9 @@ def _quarantined_pairs(con, store) -> dict[str, int]:
 
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
 def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Compute the run's QDC ``metrics`` table (embedder built once per worker process); its path."""
+    """Compute the run's QDC ``metrics`` table (embedder built once per worker process) and commit
+    it like every stage's output (its suite, quarantine and validation rows, the stage marker,
+    which records the embedder); its path."""
     ctx = RunContext.open(run_dir)
     fp = ctx.fingerprint(__name__, config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft")]
                          + [("quarantine", stage) for stage in pair_quarantine(ctx.store)])
@@ -509,6 +511,5 @@ def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
         section = ctx.cfg.metrics
         embedder = get_embedder(section.embedder, section.embed_batch_size)
         table = compute_metrics(ctx.store, section, ctx.cfg.dedup, embedder)
-        ctx.store.write(STAGE, STAGE, shard, table, embedder=embedder.name, fingerprint=fp, commit=f"{STAGE}.{shard}")
-        ctx.store.mark_stage_done(STAGE, shard, fp, [STAGE])
+        ctx.commit(STAGE, shard, {STAGE: table}, fp, extra={"embedder": embedder.name})
     return str(ctx.store.part_path(STAGE, STAGE, shard))

@@ -53,3 +53,19 @@ def test_the_evaluate_stage_records_what_its_engine_calls_cost(ray_local, tmp_pa
     # round 0 evaluates the policy alone: per problem one greedy request (1 sample) and one with k=2 samples
     assert (c["requests"], c["completions"], c["shards"]) == (3 * 2, 3 * 3, 1)
     assert 0 < c["completion_tokens"] <= 16 * c["completions"] and c["prompt_tokens"] > 0 and c["engine_seconds"] > 0
+
+
+def test_the_overlap_with_the_training_problems_is_a_column_of_every_evals_row(ray_local, tmp_path):
+    """Held-out problems that are also training problems are dropped and counted on every
+    ``evals`` row (``overlap_removed``); no row poses as a metric for the count."""
+    seeds, held = tmp_path / "seeds.jsonl", tmp_path / "held.jsonl"
+    rows = (DATA / "gsm8k_test_sample.jsonl").read_text().splitlines()
+    seeds.write_text("\n".join(rows[:4]) + "\n")
+    held.write_text("\n".join(rows[2:7]) + "\n")  # rows 2 and 3 are training problems
+    sets = {"seeds": {"kind": "file", "paths": [str(seeds)]}, "pool.actors": 1, "evaluate.enabled": True,
+            "evaluate.max_tokens": 16, "evaluate.k": 2, "evaluate.problems": {"kind": "file", "paths": [str(held)]}}
+    run_dir = prepare_run(str(ROOT / "configs" / "quickstart.yaml"), "r", str(tmp_path / "data"), sets)
+    assert _evaluate(run_dir) == 3
+    evals = RunStore.at(run_dir).read_table("evals")
+    assert sorted(evals.column("metric").to_pylist()) == ["greedy", "maj@2", "pass@2"]
+    assert evals.column("overlap_removed").to_pylist() == [2, 2, 2] and evals.schema.field("overlap_removed").type == "int64"

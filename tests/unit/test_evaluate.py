@@ -115,3 +115,23 @@ def test_held_out_problems_that_all_are_training_questions_are_an_error(tmp_path
         held_out(_file_section(f), BuiltinSeeds(), training, run_id="r")
     problems, overlap = held_out(_file_section(f), BuiltinSeeds(), training - {rows[0]["question"]}, run_id="r")
     assert problems.num_rows == 1 and overlap == 2
+
+
+def test_every_evals_row_carries_the_overlap_count_and_no_metric_is_made_up_for_it():
+    """The held-out problems dropped for overlapping training questions are a column of every
+    ``evals`` row (``overlap_removed``), not an extra row posing as a metric."""
+    seeds = BuiltinSeeds(n=50, seed=0)
+    section = EvaluateConfig(seed=0, n=50)
+    training = {q.strip() for q in held_out(section, seeds, set(), run_id="r")[0].column("question").to_pylist()[:7]}
+    problems, overlap = held_out(section, seeds, training, run_id="r")
+    assert overlap == 7
+
+    def generate(requests):
+        return [GenResult([Completion("so.\n\n#### 1", "eos", 3)] * r.n, 5) for r in requests]
+
+    evals, _ = evaluate_policy(problems, generate, EvaluateConfig(k=2), "solve_v1", run_id="r", round=0, model="m",
+                               dataset="d", overlap_removed=overlap)
+    assert sorted(e["metric"] for e in evals) == ["greedy", "maj@2", "pass@2"]
+    assert all(e["overlap_removed"] == 7 and e["n"] == 43 for e in evals)
+    table = from_rows(evals, "evals")
+    assert table.schema.field("overlap_removed").type == "int64" and table.column("overlap_removed").null_count == 0

@@ -123,3 +123,35 @@ def test_metrics_do_not_depend_on_the_batch_size(tmp_path):
     assert got[64][("generation", "ops_per_problem")] == pytest.approx(sum(ops) / len(ops))
     dups = sum(1 for cs in by_problem.values() for c in cs if sum(d["text"] == c["text"] for d in cs) > 1)
     assert got[64][("generation", "near_duplicate_rate")] >= dups / len(gen)
+
+
+def test_the_metrics_stage_commits_like_every_stage_and_its_fingerprint_covers_the_validation_gate(tmp_path):
+    """The metrics table goes through ``RunContext.commit``: its suite's results are stored in
+    ``validation``, its stage marker records the fingerprint (and the embedder), and the failure
+    share its commit gates on is part of its config hash, so changing it recomputes the stage."""
+    import json
+
+    from flows import stages as declared
+
+    store = _store(tmp_path)
+    cfg = RunConfig.model_validate({"metrics": {"embedder": "hashed"}})
+    store.save_config(cfg.model_dump(mode="json"))
+    stage = declared.get("metrics")
+    assert "validation.max_failure_share" in stage.config_paths
+    stage.task.fn(str(store.run_dir), "00000", stage.config_hash(cfg))
+    marker = store.stage_marker("metrics", "00000")
+    assert marker["tables"] == ["metrics"] and marker["embedder"] == "hashed"
+    assert marker["fingerprint"]["config"] == stage.config_hash(cfg)
+    part = json.loads(store.marker_path("metrics", "metrics", "00000").read_text())
+    assert part["commit"] == "metrics.00000" and part["fingerprint"] == marker["fingerprint"]
+    val = store.read_table("validation").to_pylist()
+    assert val and {(v["stage"], v["table"]) for v in val} == {("metrics", "metrics")} and all(v["success"] for v in val)
+    assert store.read_table("quarantine", "metrics-metrics").num_rows == 0
+    assert store.read_table("metrics").num_rows > 0
+
+    stricter = RunConfig.model_validate({**cfg.model_dump(mode="json"), "validation": {"max_failure_share": 0.01}})
+    store.save_config(stricter.model_dump(mode="json"))
+    assert stage.config_hash(stricter) != stage.config_hash(cfg)
+    stage.task.fn(str(store.run_dir), "00000", stage.config_hash(stricter))  # recomputed under the new gate
+    again = store.stage_marker("metrics", "00000")
+    assert again["fingerprint"]["config"] == stage.config_hash(stricter) and again["written_at"] > marker["written_at"]

@@ -44,6 +44,21 @@ def test_a_stage_reading_a_table_no_earlier_stage_writes_is_refused_before_it_ru
         check_stages(RunConfig(), early)
 
 
+def test_evaluate_declares_that_it_reads_the_models_train_writes_and_runs_without_them():
+    """evaluate reads train's ``models`` (the checkpoints it evaluates) when train runs; without
+    train it evaluates the starting policy, so the read is optional, not absent."""
+    evaluate = declared.get("evaluate")
+    assert "models" in evaluate.optional_reads + evaluate.reads and "models" in declared.get("train").writes
+    alone = RunConfig.model_validate({"evaluate": {"enabled": True}})  # train off
+    assert [s.name for s in check_stages(alone)][-1] == "evaluate"
+    # an optional read is still refused when the only enabled writer of the table runs after the reader
+    late = (toy("a", writes=("t",)), dataclasses.replace(toy("r", after=("a",)), optional_reads=("m",)),
+            toy("w", writes=("m",), after=("r",)))
+    with pytest.raises(StageGraphError, match=r"'r' reads \['m'\], which an enabled stage writes only after it"):
+        check_stages(RunConfig(), late)
+    assert [s.name for s in check_stages(RunConfig(), late[:2])] == ["a", "r"]
+
+
 def test_unknown_and_circular_after_are_refused():
     with pytest.raises(StageGraphError, match="unknown stage"):
         ordered((toy("a", after=("nope",)),))
