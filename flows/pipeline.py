@@ -72,7 +72,7 @@ def group_flow(run_dir: str, stages: list[str], label: str, max_inflight: int) -
         followers.setdefault(st.stream_from, []).append(st)
     model = {st.name: st.backends is not None for st in sts}
     lanes = schedule.ShardQueue(stages, model, max_inflight, 1 if any(model.values()) else max_inflight)
-    tasks = {st.name: st.task.with_options(retries=cfg.pool.shard_retries) if st.backends else st.task for st in sts}
+    tasks = {st.name: st.shard_task.with_options(retries=cfg.pool.shard_retries) if st.backends else st.shard_task for st in sts}
     hashes = {st.name: st.config_hash(cfg) for st in sts}
     events: queue.SimpleQueue = queue.SimpleQueue()
     done: dict[str, list[str]] = {s: [] for s in stages}

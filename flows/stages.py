@@ -24,15 +24,16 @@ from typing import Any, Callable
 from infra.config import RunConfig
 from infra.storage import RunStore
 from tasks.common import commit_config
-from tasks.diversity import diversity_task
+from tasks.diversity import diversity_stage
 from tasks.evaluate import evaluate_task
-from tasks.generation import generation_task
+from tasks.generation import generation_stage
 from tasks.metrics import metrics_task
-from tasks.routing import routing_task
+from tasks.routing import consumers, routing_stage
+from tasks.runner import Read, stage_task
 from tasks.scorers import prm_backends
 from tasks.seeds import manifest_shards, seeds_task
-from tasks.self_correction import self_correction_task
-from tasks.sft import sft_task
+from tasks.self_correction import self_correction_stage
+from tasks.sft import sft_stage
 from tasks.train import train_task
 
 IMPLICIT_WRITES = ("quarantine", "validation")  # every stage's commit writes its rejected rows and suite results
@@ -84,7 +85,7 @@ def always(cfg: RunConfig) -> bool:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    task: Any  # a Prefect task: (run_dir, shard, config_hash) -> str
+    task: Any  # a Prefect task (run_dir, shard, config_hash) -> str; None: the runner's task over ``fn``
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     config: tuple[str, ...]  # dotted config paths the stage's output depends on
@@ -95,8 +96,21 @@ class Stage:
     exclusive: Callable[[RunConfig], bool] = lambda cfg: False  # needs the machine's GPUs: every engine pool is freed first
     stream_from: str | None = None  # streamed: its shards can start as each shard of this stage commits...
     shards_of: Callable[[str, str], list[str]] | None = None  # ...(run_dir, upstream shard) -> the shards it feeds
-    commits: bool = True  # its tables go through RunContext.commit (or the seeds' writer), whose settings it then reads
     optional_reads: tuple[str, ...] = ()  # read when an earlier enabled stage writes them (evaluate: train's models)
+    fn: Callable | None = None  # the pure stage function (inputs, config view, engines) -> {table: rows} (tasks.runner)
+    inputs: tuple[Read, ...] = ()  # what the runner reads for it (tables among ``reads``)
+    checked_against: str | None = None  # the input whose problems the commit's row checks use
+    record: Callable | None = None  # (outputs, shard, config view) -> what its commit records beside the tables
+
+    @property
+    def shard_task(self) -> Any:
+        """The Prefect task computing one shard: the declared ``task``, else the runner's over ``fn``."""
+        return self.task if self.task is not None else stage_task(self)
+
+    @property
+    def module(self) -> str:
+        """The module of the stage's code (its function's or task's): its code version's root."""
+        return (self.fn or self.task.fn).__module__
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -104,10 +118,11 @@ class Stage:
 
     @property
     def config_paths(self) -> tuple[str, ...]:
-        """Every config path the stage's shards are computed under: its declared ``config`` plus,
-        when it ``commits``, the settings committing its ``writes`` applies (``commit_config``:
-        the validation gate, and for pairs/SFT process verification and the solve prompt)."""
-        extra = commit_config(self.writes) if self.commits else ()
+        """Every config path the stage's shards are computed under (and the only ones its function
+        is handed, ``tasks.runner.ConfigView``): its declared ``config`` plus the settings
+        committing its ``writes`` applies (``commit_config``: the validation gate, and for
+        pairs/SFT process verification and the solve prompt)."""
+        extra = commit_config(self.writes)
         return self.config + tuple(p for p in extra if p not in self.config)
 
     def config_hash(self, cfg: RunConfig) -> str:
@@ -118,25 +133,30 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("seeds", seeds_task, reads=(), writes=("problems",),
           config=("seeds", "generation.shard_size")),
-    Stage("generation", generation_task, reads=("problems",), writes=("chains",),
+    Stage("generation", None, fn=generation_stage, inputs=(Read("problems", "seeds"),), checked_against="problems",
+          reads=("problems",), writes=("chains",),
           config=("seed", "policy", "search", "scorer", "generation.prompt_template"),
           after=("seeds",), shards=manifest_shards, backends=searching(lambda cfg: cfg.policy)),
-    Stage("routing", routing_task, reads=("problems", "chains"), writes=("routes", "pairs", "worklist"),
+    Stage("routing", None, fn=routing_stage, inputs=(Read("problems", "seeds"), Read("chains", "generation")),
+          checked_against="problems", record=consumers, reads=("problems", "chains"), writes=("routes", "pairs", "worklist"),
           config=("generation.mixed_outcome", "self_correction.shard_size", "diversity.shard_size"),
           after=("generation",), shards=manifest_shards, stream_from="generation", shards_of=same_shard),
-    Stage("self_correction", self_correction_task, reads=("worklist",), writes=("chains", "pairs"),
+    Stage("self_correction", None, fn=self_correction_stage, inputs=(Read("worklist", "routing", "worklist"),),
+          checked_against="worklist", reads=("worklist",), writes=("chains", "pairs"),
           config=("seed", "policy", "search", "scorer", "self_correction.policy", "self_correction.prompt_template",
                   "self_correction.shard_size", "generation.prompt_template"),
           after=("routing",), shards=worklist_shards("self_correction"),
           backends=searching(lambda cfg: cfg.self_correction.policy or cfg.policy), enabled=lambda cfg: cfg.self_correction.enabled,
           stream_from="routing", shards_of=consumers_of("self_correction")),
-    Stage("diversity", diversity_task, reads=("worklist",), writes=("chains", "pairs"),
+    Stage("diversity", None, fn=diversity_stage, inputs=(Read("worklist", "routing", "worklist"),),
+          checked_against="worklist", reads=("worklist",), writes=("chains", "pairs"),
           config=("seed", "search", "scorer", "diversity.small_policy", "diversity.candidates", "diversity.shard_size",
                   "generation.prompt_template"),
           after=("routing",), shards=worklist_shards("diversity"),
           backends=searching(lambda cfg: cfg.diversity.small_policy), enabled=lambda cfg: cfg.diversity.enabled,
           stream_from="routing", shards_of=consumers_of("diversity")),
-    Stage("sft", sft_task, reads=("problems", "chains"), writes=("sft",),
+    Stage("sft", None, fn=sft_stage, inputs=(Read("problems", "seeds", "table"), Read("chains", None, "table")),
+          checked_against="problems", reads=("problems", "chains"), writes=("sft",),
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
           config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
@@ -160,6 +180,11 @@ def ordered(stages: tuple[Stage, ...] | None = None) -> tuple[Stage, ...]:
         unknown = [a for a in s.after if a not in by]
         if unknown:
             raise StageGraphError(f"stage {s.name!r} runs after unknown stage(s) {unknown}")
+        if (s.task is None) == (s.fn is None):
+            raise StageGraphError(f"stage {s.name!r} must declare either a task or a function (fn), not {'both' if s.fn else 'neither'}")
+        undeclared = [r.table for r in s.inputs if r.table not in s.reads + s.optional_reads]
+        if undeclared:
+            raise StageGraphError(f"stage {s.name!r} has inputs {undeclared} that its reads do not declare")
         if s.stream_from and (s.stream_from not in s.after or s.shards_of is None):
             raise StageGraphError(f"stage {s.name!r} streams from {s.stream_from!r}: it must also run after it and declare shards_of")
     out: list[Stage] = []

@@ -9,17 +9,13 @@ The small model's correct chains feed the SFT set (after near-duplicate removal)
 from __future__ import annotations
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from infra.config import DiversityStage, SearchConfig
-from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows, require
-from tasks.common import RunContext, is_transient
 from tasks.engine import Engine
-from tasks.routing import worklist_slice
 from tasks.rows import chain_row, pair_row
+from tasks.runner import ConfigView, Engines
 from tasks.search import SearchProblem
 
 STAGE = "diversity"
@@ -53,17 +49,7 @@ def diversify(worklist: pa.Table, section: DiversityStage, engine: Engine, promp
     return {"chains": from_rows(out, "chains"), "pairs": from_rows(pairs, "pairs")}
 
 
-@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
-def diversity_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Diversity induction over one worklist shard -> validated ``chains`` and ``pairs`` shards."""
-    ctx = RunContext.open(run_dir)
-    cfg = ctx.cfg
-    part = shard.rsplit("-", 1)[0]  # the generation shard whose routing fed this one
-    fp = ctx.fingerprint(__name__, config_hash, [("worklist", "routing", part)])
-    if not ctx.is_done(STAGE, shard, fp):
-        worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, cfg.diversity.shard_size)
-        cost = Cost()
-        engine = ctx.engine(cfg.diversity.small_policy, config_hash, small_search_config(cfg.search, cfg.diversity), cost=cost)
-        ctx.commit(STAGE, shard, diversify(worklist, cfg.diversity, engine, cfg.generation.prompt_template), fp, problems=worklist,
-                   cost=cost)
-    return str(ctx.store.part_path("chains", STAGE, shard))
+def diversity_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: Engines) -> dict[str, pa.Table]:
+    """The stage function (``tasks.runner``): one worklist shard searched with the small policy."""
+    engine = engines.search(config.diversity.small_policy, small_search_config(config.search, config.diversity))
+    return diversify(inputs["worklist"], config.diversity, engine, config.generation.prompt_template)

@@ -8,16 +8,13 @@ with verdict ``no_answer`` and ``error`` saying how it ended, so nothing vanishe
 from __future__ import annotations
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from infra.config import GenerationStage
-from infra.cost import Cost
 from infra.prompts import load_template
 from infra.schemas import from_rows, require
-from tasks.common import RunContext, is_transient
 from tasks.engine import Engine
 from tasks.rows import chain_row
+from tasks.runner import ConfigView, Engines
 from tasks.search import SearchProblem
 
 STAGE = "generation"
@@ -35,14 +32,6 @@ def self_generate(problems: pa.Table, section: GenerationStage, engine: Engine) 
     return {"chains": from_rows(out, "chains")}
 
 
-@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
-def generation_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Self-generation over one ``problems`` shard -> a validated ``chains`` shard (its path)."""
-    ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds", shard)])
-    if not ctx.is_done(STAGE, shard, fp):
-        problems = ctx.store.read_part("problems", "seeds", shard)
-        cost = Cost()
-        ctx.commit(STAGE, shard, self_generate(problems, ctx.cfg.generation, ctx.engine(ctx.cfg.policy, config_hash, cost=cost)), fp,
-                   cost=cost)
-    return str(ctx.store.part_path("chains", STAGE, shard))
+def generation_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: Engines) -> dict[str, pa.Table]:
+    """The stage function (``tasks.runner``): one ``problems`` shard searched with the policy."""
+    return self_generate(inputs["problems"], config.generation, engines.search(config.policy))

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from infra.config import GenerationStage
 from infra.schemas import from_rows, require
-from tasks.common import RunContext
 from tasks.rows import pair_row
+from tasks.runner import ConfigView, Engines, WorkShard
 
 STAGE = "routing"
 ROUTES = ("generation_pair", "self_correction", "diversity_induction", "mixed_drop", "mixed_swap", "incomplete")
@@ -73,41 +71,22 @@ def worklists(problems: pa.Table, chains: pa.Table, routes: pa.Table, *, run_id:
 
 
 def route(problems: pa.Table, chains: pa.Table, section: GenerationStage, *, run_id: str) -> dict[str, pa.Table]:
-    """Route every problem by its generation chains: {"routes", "pairs" (generation pairs),
-    "worklist:<stage>" for each stage a route feeds}."""
+    """Route every problem by its generation chains: {"pairs" (generation pairs), "routes",
+    "worklist" (every routed problem, its ``target`` the stage it feeds)}."""
     routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=run_id, mixed_outcome=section.mixed_outcome)
     lists = worklists(problems, chains, routes, run_id=run_id)
-    return {"routes": routes, "pairs": generation_pairs(chains, routes, run_id=run_id), **{f"worklist:{t}": w for t, w in lists.items()}}
+    return {"pairs": generation_pairs(chains, routes, run_id=run_id), "routes": routes, "worklist": pa.concat_tables(list(lists.values()))}
 
 
-def consumer_shards(generation_shard: str, n_rows: int, size: int) -> list[str]:
-    """The shards of a worklist consumer fed by one generation shard: ``<shard>-<k>`` for the
-    k-th slice of ``size`` rows."""
-    return [f"{generation_shard}-{k // size:03d}" for k in range(0, n_rows, size)]
+def routing_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: Engines) -> dict[str, pa.Table]:
+    """The stage function (``tasks.runner``): one generation shard's problems routed."""
+    return route(inputs["problems"], inputs["chains"], config.generation, run_id=engines.run_id)
 
 
-def worklist_slice(worklist: pa.Table, target: str, shard: str, size: int) -> pa.Table:
-    """The rows of consumer shard ``<generation shard>-<k>`` of ``target`` in a routing worklist part."""
-    k = int(shard.rsplit("-", 1)[1])
-    rows = worklist.filter(pc.equal(worklist.column("target"), target))
-    return rows.slice(k * size, size)
-
-
-@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
-def routing_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Route the problems of one generation shard: commit its ``routes``, generation ``pairs``
-    and one ``worklist`` part for self-correction and diversity together; the stage marker
-    lists the consumer shards (``consumer_shards``) each target gets from it, so they can
-    start as soon as this shard commits."""
-    ctx = RunContext.open(run_dir)
-    store = ctx.store
-    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds", shard), ("chains", "generation", shard)])
-    if not ctx.is_done(STAGE, shard, fp):
-        problems = store.read_part("problems", "seeds", shard)
-        out = route(problems, store.read_part("chains", "generation", shard), ctx.cfg.generation, run_id=ctx.run_id)
-        lists = {t: out[f"worklist:{t}"] for t in WORKLIST_TARGETS.values()}
-        consumers = {t: consumer_shards(shard, w.num_rows, getattr(ctx.cfg, t).shard_size) for t, w in lists.items()}
-        worklist = pa.concat_tables(list(lists.values()))
-        ctx.commit(STAGE, shard, {"pairs": out["pairs"], "routes": out["routes"], "worklist": worklist}, fp,
-                   problems=problems, extra={"consumers": consumers})
-    return str(store.part_path("routes", STAGE, shard))
+def consumers(outputs: dict[str, pa.Table], shard: str, config: ConfigView) -> dict:
+    """What routing's commit records beside its tables: per stage a worklist feeds, the
+    consumer shards this shard's worklist makes (``WorkShard.of``: ``<stage>.shard_size`` rows
+    each), so they can start as soon as this shard commits (``flows.stages.consumers_of``)."""
+    targets = outputs["worklist"].column("target")
+    return {"consumers": {t: [str(w) for w in WorkShard.of(shard, pc.sum(pc.equal(targets, t)).as_py() or 0, getattr(config, t).shard_size)]
+                          for t in WORKLIST_TARGETS.values()}}

@@ -13,17 +13,13 @@ whole solutions), so they train like every other pair.
 from __future__ import annotations
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from infra.config import SelfCorrectionStage
-from infra.cost import Cost
 from infra.prompts import Template, load_template
 from infra.schemas import from_rows, require
-from tasks.common import RunContext, is_transient
 from tasks.engine import Engine
-from tasks.routing import worklist_slice
 from tasks.rows import chain_row, pair_row
+from tasks.runner import ConfigView, Engines
 from tasks.search import SearchProblem
 
 STAGE = "self_correction"
@@ -73,16 +69,7 @@ def correction_pairs(chains: pa.Table, solve: Template, questions: dict[str, str
     return from_rows(rows, "pairs")
 
 
-@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
-def self_correction_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Self-correction over one worklist shard -> validated ``chains`` and ``pairs`` shards."""
-    ctx = RunContext.open(run_dir)
-    part = shard.rsplit("-", 1)[0]  # the generation shard whose routing fed this one
-    fp = ctx.fingerprint(__name__, config_hash, [("worklist", "routing", part)])
-    if not ctx.is_done(STAGE, shard, fp):
-        worklist = worklist_slice(ctx.store.read_part("worklist", "routing", part), STAGE, shard, ctx.cfg.self_correction.shard_size)
-        cost = Cost()
-        engine = ctx.engine(ctx.cfg.self_correction.policy or ctx.cfg.policy, config_hash, cost=cost)
-        out = self_correct(worklist, ctx.cfg.self_correction, engine, load_template(ctx.cfg.generation.prompt_template))
-        ctx.commit(STAGE, shard, out, fp, problems=worklist, cost=cost)
-    return str(ctx.store.part_path("chains", STAGE, shard))
+def self_correction_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: Engines) -> dict[str, pa.Table]:
+    """The stage function (``tasks.runner``): one worklist shard corrected with the self-correction policy."""
+    engine = engines.search(config.self_correction.policy or config.policy)
+    return self_correct(inputs["worklist"], config.self_correction, engine, load_template(config.generation.prompt_template))

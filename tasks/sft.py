@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from infra.config import DedupConfig
 from infra.prompts import load_template
 from infra.schemas import from_rows, require, stable_id
 from tasks.checks import problem_context
-from tasks.common import RunContext
+from tasks.runner import ConfigView, Engines
 
 STAGE = "sft"
 STAGE_ORDER = {"generation": 0, "self_correction": 1, "diversity": 2}
@@ -74,13 +72,6 @@ def jaccard_matrix(texts: list[str], cfg: DedupConfig) -> np.ndarray:
     return np.array([[a.jaccard(b) for b in hs] for a in hs])
 
 
-@task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
-def sft_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Write the validated ``sft`` table from every stage's chains (its path)."""
-    ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(__name__, config_hash, [("problems", "seeds"), ("chains", None)])
-    if not ctx.is_done(STAGE, shard, fp):
-        problems = ctx.store.read_table("problems", "seeds")
-        out = sft_set(problems, ctx.store.read_table("chains"), ctx.cfg.dedup, ctx.cfg.generation.prompt_template, run_id=ctx.run_id)
-        ctx.commit(STAGE, shard, out, fp, problems=problems)
-    return str(ctx.store.part_path("sft", STAGE, shard))
+def sft_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: Engines) -> dict[str, pa.Table]:
+    """The stage function (``tasks.runner``): the SFT set from every stage's chains."""
+    return sft_set(inputs["problems"], inputs["chains"], config.dedup, config.generation.prompt_template, run_id=engines.run_id)

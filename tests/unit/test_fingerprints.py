@@ -184,9 +184,9 @@ def test_a_reached_modules_function_docstring_does_not_count_but_its_body_does(t
 
 
 def test_each_stage_has_its_own_code_version():
-    versions = {st.name: code_version(st.task.fn.__module__) for st in STAGES}
+    versions = {st.name: code_version(st.module) for st in STAGES}
     assert len(set(versions.values())) == len(versions)
-    assert all(st.task.fn.__module__.startswith("tasks.") for st in STAGES)
+    assert all(st.module.startswith("tasks.") for st in STAGES)
 
 
 def test_shard_threads_never_parse_at_once(monkeypatch):
