@@ -221,7 +221,7 @@ def test_a_run_scored_by_a_prm_on_a_reward_pool_owns_it_and_frees_it_before_excl
                           "pool.actors": 1, "pool.startup_timeout_s": 120, "train.enabled": True, "evaluate.enabled": False,
                           "self_correction.enabled": False, "diversity.enabled": False, "metrics.enabled": False})
     assert summary["pool_builds"] == 2  # the policy's pool and the PRM's, both the run's
-    assert seen["held"] == held_before  # while "training": no actor of the run holds a CPU, the PRM's included
+    assert seen["held"] <= held_before  # while "training": no actor of the run holds a CPU, the PRM's included
     chains = RunStore(tmp_path, "prm").read_table("chains").to_pylist()
     assert len(chains) == 6 and {c["scorer"] for c in chains} == {"prm"}
     # step scores are the stand-in PRM's P(positive), not the arithmetic scorer's 0/0.5/1
