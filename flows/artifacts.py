@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from infra.cost import cost_rows
@@ -50,3 +51,18 @@ def publish_report(run_dir: str) -> Path:
         description="Where the run's QDC report is",
     )
     return path
+
+
+def publish(summary: dict, with_report: bool) -> dict:
+    """Publish the run's summary and, ``with_report`` (its metrics were computed), write and
+    publish its QDC report; a report that fails is a warning and ``report_error`` in the
+    returned summary (the data and metrics are committed: a plotting failure must not fail
+    the run). Returns the summary with ``report`` (its path) or ``report_error``."""
+    publish_summary(summary)
+    if with_report:
+        try:
+            summary["report"] = str(publish_report(summary["run_dir"]))
+        except Exception as e:  # noqa: BLE001
+            get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, summary["run_id"])
+            summary["report_error"] = f"{type(e).__name__}: {e}"
+    return summary

@@ -16,34 +16,21 @@ import socket
 import time
 from contextlib import nullcontext
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import stages as declared
-from flows.artifacts import publish_report, publish_summary
+from flows.artifacts import publish
 from flows.run_ids import flow_run_bound_id as _flow_run_bound_id, new_run_id, run_flow_run_name as _run_name  # noqa: F401
-from flows.runs import (locate_run, prepare_run, prune_stale, record_config_change, summarize, supersede,  # noqa: F401
-                        unfinished_stages)
+from flows.runs import (locate_run, pool_stats, prepare_run, prune_stale, record_config_change, status_kept,  # noqa: F401
+                        summarize, supersede, unfinished_stages)
 from infra import catalog, progress, schedule, validation
 from infra.config import RunConfig
 from infra.locks import run_lock
 from infra.pool import close_pools, close_run_pools, ensure_ray, fits, prewarm, run_pools, total_need
+from infra.schedule import StageDeadlineExceeded, StageFailed
 from infra.storage import RunStore
-
-
-class StageFailed(RuntimeError):
-    """Some shards of a stage failed; the finished ones are kept. ``causes``: the shards' exceptions."""
-
-    causes: tuple[BaseException, ...] = ()
-
-
-class StageDeadlineExceeded(StageFailed):
-    """A stage ran past ``pool.stage_deadline_s``; its finished shards are kept."""
-
-
-def _backends(cfg: RunConfig):
-    return lambda st: st.backends(cfg) if st.backends else ()
 
 
 def _host_slot(cfg: RunConfig, sts: list[declared.Stage]):
@@ -65,11 +52,7 @@ def group_flow(run_dir: str, stages: list[str], label: str, max_inflight: int) -
     sts = [declared.get(s) for s in stages]
     store = RunStore.at(run_dir)
     cfg = RunConfig.model_validate(store.load_config())
-    followers: dict[str, list[declared.Stage]] = {}
-    for st in sts[1:]:
-        if st.stream_from not in stages:
-            raise declared.StageGraphError(f"stage {st.name!r} streams from {st.stream_from!r}, which is not in {stages}")
-        followers.setdefault(st.stream_from, []).append(st)
+    followers = declared.followers(sts)
     model = {st.name: st.backends is not None for st in sts}
     lanes = schedule.ShardQueue(stages, model, max_inflight, 1 if any(model.values()) else max_inflight)
     tasks = {st.name: st.shard_task.with_options(retries=cfg.pool.shard_retries) if st.backends else st.shard_task for st in sts}
@@ -77,9 +60,7 @@ def group_flow(run_dir: str, stages: list[str], label: str, max_inflight: int) -
     events: queue.SimpleQueue = queue.SimpleQueue()
     done: dict[str, list[str]] = {s: [] for s in stages}
     failed: list[tuple[str, str, BaseException]] = []
-
-    def report(name: str) -> None:
-        progress.report(name, len(done[name]) + sum(f[0] == name for f in failed), lanes.total[name])
+    report = lambda name: progress.report(name, lanes.finished[name], lanes.total[name])  # noqa: E731
 
     head = sts[0].shards(run_dir)
     prune_stale(store, sts[0], head)
@@ -111,10 +92,7 @@ def group_flow(run_dir: str, stages: list[str], label: str, max_inflight: int) -
                     report(f.name)
             report(name)
     if failed:
-        err = StageFailed(f"{len(failed)} of {sum(lanes.total.values())} shards of {label} failed (finished ones kept):\n"
-                          + "\n".join(f"{n}/{sh}: {type(e).__name__}: {e}" for n, sh, e in failed))
-        err.causes = tuple(e for _, _, e in failed)
-        raise err
+        raise StageFailed.of(label, sum(lanes.total.values()), failed)
     for st in sts[1:]:  # every shard is known now: drop what an earlier sharding left
         prune_stale(store, st, st.shards(run_dir))
     return {name: sorted(paths) for name, paths in done.items()}
@@ -123,10 +101,8 @@ def group_flow(run_dir: str, stages: list[str], label: str, max_inflight: int) -
 def _deadline_error(run_dir: str, cfg: RunConfig, sts: list[declared.Stage], finished: int, total: int) -> StageDeadlineExceeded:
     """Free the run's engines (their calls in flight fail at once) and name what ran out of time."""
     run_pools(run_dir).release_unneeded([], cfg.pool)
-    models = sorted({f"{b.kind}:{getattr(b, 'model', None) or getattr(b, 'checkpoint', None) or ''}" for st in sts for b in _backends(cfg)(st)})
-    return StageDeadlineExceeded(
-        f"{'+'.join(st.name for st in sts)} ran past pool.stage_deadline_s={cfg.pool.stage_deadline_s}s on "
-        f"{', '.join(models) or 'no backend'}: {finished} of {total} shards finished and are kept; resume to redo the rest")
+    return StageDeadlineExceeded.of([st.name for st in sts], cfg.pool.stage_deadline_s, [b for st in sts for b in st.backends_of(cfg)],
+                                    finished, total)
 
 
 @flow(name="sphere-run", flow_run_name=_run_name)
@@ -137,11 +113,7 @@ def sphere_run(config_path: str | None = None, run_id: str | None = None, data_r
     _, store = locate_run(config_path, run_id, data_root, overrides)
     with run_lock(store.run_dir):
         run_dir = prepare_run(config_path, store.run_id, str(store.data_root), overrides)
-        try:
-            return _tracked(run_dir)
-        finally:
-            close_run_pools(run_dir)
-            close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
+        return _run_stages(run_dir)
 
 
 @flow(name="sphere-rerun", flow_run_name="rerun-{stage}")
@@ -153,35 +125,27 @@ def sphere_rerun(run_dir: str, stage: str, overrides: dict | None = None) -> dic
     with run_lock(run_dir):
         record_config_change(run_dir, stage, overrides)
         supersede(run_dir, stage)
-        try:
-            return _tracked(run_dir)
-        finally:
-            close_pools()
-
-
-def _tracked(run_dir: str) -> dict:
-    """Run the stages with the run's status in ``status.json``: running, then finished, failed or interrupted."""
-    store = RunStore.at(run_dir)
-    store.set_status("running")
-    try:
-        summary = _run_stages(run_dir)
-    except Exception as e:
-        store.set_status("failed", f"{type(e).__name__}: {e}")
-        raise
-    except BaseException as e:  # Ctrl-C, SIGTERM, a cancelled flow run
-        store.set_status("interrupted", type(e).__name__)
-        raise
-    store.set_status("finished")
-    return summary
+        return _run_stages(run_dir)
 
 
 def _run_stages(run_dir: str) -> dict:
     """The run's groups of stages in order (barrier: one stage each), each after freeing the
     engines it does not need when they would not fit beside its own, or all of them before an
-    exclusive (GPU training) stage; after each, the engines no later stage needs."""
+    exclusive (GPU training) stage; after each, the engines no later stage needs. The run's
+    status is kept (``status_kept``); its engines are freed at the end, however it ends."""
+    try:
+        with status_kept(run_dir):
+            return _stages(run_dir)
+    finally:
+        close_run_pools(run_dir)
+        close_pools()  # free the actors' CPUs/GPUs for whatever runs next in this process
+
+
+def _stages(run_dir: str) -> dict:
     store = RunStore.at(run_dir)
     cfg = RunConfig.model_validate(store.load_config())
-    run, backends = declared.check_stages(cfg), _backends(cfg)
+    run = declared.check_stages(cfg)
+    backends = lambda st: st.backends_of(cfg)  # noqa: E731
     t_start = time.monotonic()
     validation.preload()  # GX imports while the first engines load
     pools = run_pools(run_dir)
@@ -195,29 +159,12 @@ def _run_stages(run_dir: str) -> dict:
     plan = schedule.parts(groups, backends, lambda bs: fits(bs, cfg.pool))
     runner = ThreadPoolTaskRunner(max_workers=cfg.generation.concurrency + 1)  # model shards + one CPU shard
     for k, part in enumerate(plan):
-        needed = [b for st in part for b in backends(st)]
-        if any(st.exclusive(cfg) for st in part):  # e.g. TRL training on the GPUs the engines hold
-            pools.release_unneeded([], cfg.pool)
-        elif needed and not fits(pools.backends() + needed, cfg.pool):
-            pools.release_unneeded(needed, cfg.pool)
+        pools.make_room([b for st in part for b in backends(st)], cfg.pool, exclusive=any(st.exclusive(cfg) for st in part))
         label = "+".join(st.name for st in part)
         group_flow.with_options(name=label, flow_run_name=label, task_runner=runner)(
             run_dir, [st.name for st in part], label, cfg.generation.concurrency)
         # the barrier baseline loads and frees every stage's engines; streaming keeps what a later part needs
         pools.release_unneeded(schedule.keep_after(plan, k, backends) if cfg.scheduling == "streaming" else [], cfg.pool)
     catalog.refresh(store.data_root)
-    wall = time.monotonic() - t_start
-    span = pools.busy_span()  # from the first engine call to the last: the model stages' share
-    summary = summarize(run_dir, {
-        "pool_builds": pools.builds, "engine_loads": pools.engine_loads,
-        "engine_busy_share": round(pools.busy_seconds(t_start) / wall, 4) if wall else None,  # >= 1 engine working
-        "engine_busy_share_model_span": round(pools.busy_seconds(span[0]) / (span[1] - span[0]), 4) if span and span[1] > span[0] else None,
-    })
-    publish_summary(summary)
-    if cfg.metrics.enabled:
-        try:
-            summary["report"] = str(publish_report(run_dir))
-        except Exception as e:  # the data and metrics are committed; a plotting failure must not fail the run
-            get_run_logger().warning("QDC report not written: %s: %s (retry with `sphere report %s`)", type(e).__name__, e, store.run_id)
-            summary["report_error"] = f"{type(e).__name__}: {e}"
-    return summary
+    summary = summarize(run_dir, pool_stats(pools, t_start))
+    return publish(summary, with_report=cfg.metrics.enabled)

@@ -7,6 +7,8 @@ and the run's store (``infra.storage.RunStore``), which alone knows the layout o
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from flows import stages as declared
@@ -137,3 +139,34 @@ def prune_stale(store: RunStore, st: declared.Stage, shards: list[str]) -> None:
     """A new sharding leaves no stale shards of ``st`` behind (their quarantine and suite results neither)."""
     if st.shards is not declared.one_shard:
         store.prune_stage(st.name, st.writes, declared.IMPLICIT_WRITES, shards)
+
+
+@contextmanager
+def status_kept(run_dir: str):
+    """The run's status in ``status.json`` (the catalog's ``runs`` view) around its stages:
+    running, then finished, failed (with the error) or interrupted (Ctrl-C, SIGTERM, a
+    cancelled flow run)."""
+    store = RunStore.at(run_dir)
+    store.set_status("running")
+    try:
+        yield
+    except Exception as e:
+        store.set_status("failed", f"{type(e).__name__}: {e}")
+        raise
+    except BaseException as e:
+        store.set_status("interrupted", type(e).__name__)
+        raise
+    store.set_status("finished")
+
+
+def pool_stats(pools, t_start: float) -> dict:
+    """This invocation's engine figures for the summary: pools built, engines loaded, and the
+    share of the wall time since ``t_start`` (and of the span from the first engine call to the
+    last) during which at least one engine worked (``infra.pool.RunPools``)."""
+    wall = time.monotonic() - t_start
+    span = pools.busy_span()
+    return {
+        "pool_builds": pools.builds, "engine_loads": pools.engine_loads,
+        "engine_busy_share": round(pools.busy_seconds(t_start) / wall, 4) if wall else None,
+        "engine_busy_share_model_span": round(pools.busy_seconds(span[0]) / (span[1] - span[0]), 4) if span and span[1] > span[0] else None,
+    }

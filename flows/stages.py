@@ -125,6 +125,10 @@ class Stage:
         extra = commit_config(self.writes)
         return self.config + tuple(p for p in extra if p not in self.config)
 
+    def backends_of(self, cfg: RunConfig) -> tuple:
+        """The backend configs its shards use under ``cfg`` (none for a CPU stage)."""
+        return tuple(self.backends(cfg)) if self.backends else ()
+
     def config_hash(self, cfg: RunConfig) -> str:
         """Hash of the values at ``config_paths``: changing any of them, and nothing else, changes it."""
         return cfg.stage_hash(*self.config_paths)
@@ -209,6 +213,16 @@ def stream_groups(run: tuple[Stage, ...]) -> list[list[Stage]]:
         else:
             groups.append([st])
     return groups
+
+
+def followers(group: list[Stage]) -> dict[str, list[Stage]]:
+    """In a group of stages that stream (``stream_groups``): per stage, the stages that stream from it."""
+    out: dict[str, list[Stage]] = {}
+    for st in group[1:]:
+        if st.stream_from not in {s.name for s in group}:
+            raise StageGraphError(f"stage {st.name!r} streams from {st.stream_from!r}, which is not in {[s.name for s in group]}")
+        out.setdefault(st.stream_from, []).append(st)
+    return out
 
 
 def names(stages: tuple[Stage, ...] | None = None) -> tuple[str, ...]:

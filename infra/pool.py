@@ -438,6 +438,15 @@ class RunPools:
             self._retire(p)
         return [p.model_name for p in gone]
 
+    def make_room(self, needed: list, pool_cfg: PoolConfig, exclusive: bool = False) -> None:
+        """Before work that runs on ``needed`` backends: free every pool when the work is
+        ``exclusive`` (it needs the machine's GPUs, e.g. TRL training), else the pools it does
+        not use when they would not fit beside its own (``fits``)."""
+        if exclusive:
+            self.release_unneeded([], pool_cfg)
+        elif needed and not fits(self.backends() + needed, pool_cfg):
+            self.release_unneeded(needed, pool_cfg)
+
     def _retire(self, pool: EnginePool) -> None:
         """Close a pool, keeping its engine loads and busy intervals in the run's counts."""
         self._closed_loads += pool.spawned

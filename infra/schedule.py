@@ -18,6 +18,32 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 S = TypeVar("S")
 
 
+class StageFailed(RuntimeError):
+    """Some shards of a stage (or group of stages) failed; the finished ones are kept.
+    ``causes``: the shards' exceptions."""
+
+    causes: tuple[BaseException, ...] = ()
+
+    @classmethod
+    def of(cls, label: str, total: int, failed: list[tuple[str, str, BaseException]]) -> StageFailed:
+        """The failure of ``label``'s ``failed`` (stage, shard, exception) out of ``total`` shards."""
+        err = cls(f"{len(failed)} of {total} shards of {label} failed (finished ones kept):\n"
+                  + "\n".join(f"{stage}/{shard}: {type(e).__name__}: {e}" for stage, shard, e in failed))
+        err.causes = tuple(e for _, _, e in failed)
+        return err
+
+
+class StageDeadlineExceeded(StageFailed):
+    """A stage ran past ``pool.stage_deadline_s``; its finished shards are kept."""
+
+    @classmethod
+    def of(cls, stages: list[str], deadline_s: float, backends: list, finished: int, total: int) -> StageDeadlineExceeded:
+        """What ran out of time (the stages and the models they ran on) and what is kept."""
+        models = sorted({f"{b.kind}:{getattr(b, 'model', None) or getattr(b, 'checkpoint', None) or ''}" for b in backends})
+        return cls(f"{'+'.join(stages)} ran past pool.stage_deadline_s={deadline_s}s on {', '.join(models) or 'no backend'}: "
+                   f"{finished} of {total} shards finished and are kept; resume to redo the rest")
+
+
 class ShardQueue:
     """The ready shards of one group of stages and the shards in flight.
 
@@ -37,7 +63,8 @@ class ShardQueue:
         self._ready: dict[bool, list[tuple[int, int, str, str]]] = {True: [], False: []}
         self._inflight = {True: 0, False: 0}
         self._order = itertools.count()
-        self.total = {name: 0 for name in stages}
+        self.total = {name: 0 for name in stages}  # shards pushed, per stage
+        self.finished = {name: 0 for name in stages}  # shards ended (committed or failed), per stage
 
     def push(self, stage: str, shard: str) -> None:
         """A shard of ``stage`` is ready (its inputs are committed)."""
@@ -61,6 +88,7 @@ class ShardQueue:
         if self._inflight[lane] < 1:
             raise ValueError(f"no {stage} shard is in flight")
         self._inflight[lane] -= 1
+        self.finished[stage] += 1
 
     @property
     def pending(self) -> bool:
