@@ -1,19 +1,21 @@
 """Every stage of the factory, declared once.
 
 A ``Stage`` is a plain value: its name (the one name it has everywhere: subflow, task,
-``<table>/<stage>/`` folders, ``sphere rerun --stage``), the Prefect task that computes one
-shard (``task(run_dir, shard, config_hash) -> path``; its module holds the pure function),
-the tables it reads and writes, the config values its output depends on (dotted paths;
-their hash, with the settings its commit applies to the tables it writes, is part of every
-shard's fingerprint: ``Stage.config_paths``), the stages it runs after, how to list its
-shards, the backends it runs on (model stages: every engine its shards use, a PRM scorer's
-reward pool included, so the run builds, fits and frees them all) and whether a config
-enables it.
+``<table>/<stage>/`` folders, ``sphere rerun --stage``), its pure function ``fn`` (run by
+``tasks.runner`` over the declared ``inputs``) or, for the stages that are genuinely
+different (seeds, metrics, train, evaluate), its own Prefect task
+(``task(run_dir, shard, config_hash) -> path``), the tables it reads and writes, the config
+values its output depends on (dotted paths; their hash, with the settings its commit
+applies to the tables it writes, is part of every shard's fingerprint, and they are the only
+config its function is handed: ``Stage.config_paths``), the stages it runs after, how to
+list its shards, the backends it runs on (model stages: every engine its shards use, a PRM
+scorer's reward pool included, so the run builds, fits and frees them all) and whether a
+config enables it.
 
 The run order, the downstream sets, the CLI's ``--stage`` choices, the rerun's superseded
 outputs and the fingerprints are derived from ``STAGES``. ``check_stages`` refuses, before
 any work, a set of stages in which an enabled stage reads a table that no earlier enabled
-stage writes. Adding a stage is one declaration here plus its module in ``tasks/``.
+stage writes. Adding a stage: the README's "Adding a stage".
 """
 
 from __future__ import annotations
