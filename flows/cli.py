@@ -300,7 +300,7 @@ def rerun(
 @app.command()
 def export(
     run_id: str = typer.Argument(..., help="The run to export."),
-    fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | sft (prompt, completion)"),
+    fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | step_dpo (the same, one step each after a shared prefix) | sft (prompt, completion)"),
     to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl and <format>.parquet into."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
@@ -312,10 +312,10 @@ def export(
     unreadable or missing), is refused naming what is wrong (the files would silently lack
     rows) unless --allow-incomplete is given."""
     from flows.pipeline import unfinished_stages
-    from tasks.export import ExportError, export_run
+    from tasks.export import COLUMNS, ExportError, export_run
 
-    if fmt not in ("dpo", "sft"):
-        raise typer.BadParameter(f"--format must be dpo or sft, not {fmt!r}")
+    if fmt not in COLUMNS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(COLUMNS)}, not {fmt!r}")
     run_dir = _run_dir(run_id, data_root)
     try:
         missing = unfinished_stages(run_dir)

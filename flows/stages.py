@@ -36,6 +36,7 @@ from tasks.scorers import prm_backends
 from tasks.seeds import manifest_shards, seeds_task
 from tasks.self_correction import self_correction_stage
 from tasks.sft import sft_stage
+from tasks.step_pairs import step_pairs_stage
 from tasks.train import train_task
 
 IMPLICIT_WRITES = ("quarantine", "validation")  # every stage's commit writes its rejected rows and suite results
@@ -164,6 +165,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", None, fn=sft_stage, inputs=(Read("problems", "seeds", "table"), Read("chains", None, "table")),
           checked_against="problems", reads=("problems", "chains"), writes=("sft",),
           config=("dedup", "generation.prompt_template"), after=("self_correction", "diversity")),
+    Stage("step_pairs", None, fn=step_pairs_stage, inputs=(Read("chains", None, "table"),), reads=("chains",),
+          writes=("step_pairs",), config=("step_pairs", "search.step_separator"), after=("self_correction", "diversity"),
+          enabled=lambda cfg: cfg.step_pairs.enabled),
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
           config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
     Stage("train", train_task, reads=("pairs", "sft"), writes=("train_log", "models"),

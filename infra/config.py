@@ -279,6 +279,19 @@ class ValidationConfig(_Model):
         "when its final answer is right (errors that cancel). None: no process verification.")
 
 
+class StepPairsConfig(_Model):
+    enabled: bool = Field(True, description="Make step-level pairs (tasks/step_pairs.py) from the run's chains: at one depth "
+                          "of one prefix, a step the scorer judges right vs one it judges wrong.")
+    right_at: float = Field(0.75, ge=0, le=1, description="A step scored at or above this is judged right.")
+    wrong_at: float = Field(0.25, ge=0, le=1, description="A step scored at or below this is judged wrong.")
+
+    @model_validator(mode="after")
+    def _apart(self) -> "StepPairsConfig":
+        if self.wrong_at >= self.right_at:
+            raise ValueError(f"step_pairs.wrong_at ({self.wrong_at}) must be below step_pairs.right_at ({self.right_at})")
+        return self
+
+
 class MetricsConfig(_Model):
     enabled: bool = Field(True, description="Compute the QDC metrics and the HTML report at the end of the run.")
     embedder: str = Field(
@@ -380,6 +393,7 @@ class RunConfig(_Model):
     self_correction: SelfCorrectionStage = Field(default_factory=SelfCorrectionStage, description="Self-correction stage settings.")
     diversity: DiversityStage = Field(default_factory=DiversityStage, description="Diversity-induction stage settings.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="MinHash near-duplicate settings (SFT set and QDC metrics).")
+    step_pairs: StepPairsConfig = Field(default_factory=StepPairsConfig, description="Step-level preference pairs (Step-DPO).")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Data-quality gates.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="The QDC metrics pass.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training the policy on the run's pairs (infra.trainers).")

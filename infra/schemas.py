@@ -72,6 +72,25 @@ PAIRS = pa.schema(
     ]
 )
 
+STEP_PAIRS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pair_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("stage", pa.string()),  # the stage whose chains hold the two steps
+        ("source", pa.string()),  # search | correction
+        ("prompt", pa.string()),  # the solve prompt followed by the shared prefix steps
+        ("depth", pa.int32()),  # index of the two steps (= number of prefix steps)
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_score", pa.float64()),
+        ("rejected_score", pa.float64()),
+        ("chosen_chain_id", pa.string()),
+        ("rejected_chain_id", pa.string()),
+    ]
+)
+"""Step-level pairs: the same prompt and prefix, one step judged right, one judged wrong."""
+
 SFT = pa.schema(
     [
         ("run_id", pa.string()),
@@ -215,6 +234,7 @@ SCHEMAS = {
     "problems": PROBLEMS,
     "chains": CHAINS,
     "pairs": PAIRS,
+    "step_pairs": STEP_PAIRS,
     "sft": SFT,
     "metrics": METRICS,
     "routes": ROUTES,

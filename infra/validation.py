@@ -111,6 +111,15 @@ def _suite(table_name: str, gxe):
             gxe.ExpectColumnValuesToBeInSet(column="_rejected_verified_wrong", value_set=true),
             gxe.ExpectColumnValuesToBeInSet(column="_prompt_matches", value_set=true),
         ],
+        "step_pairs": [
+            gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["search", "correction"]),
+            gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0),
+            gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=true),
+            gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=true),
+            gxe.ExpectColumnValuesToBeInSet(column="_chosen_above_rejected", value_set=true),
+        ],
         "sft": [
             gxe.ExpectColumnValuesToNotBeNull(column="sft_id"),
             gxe.ExpectColumnValuesToBeUnique(column="sft_id"),
@@ -133,7 +142,13 @@ def _suite(table_name: str, gxe):
     return common.get(table_name, [])
 
 
-DERIVED = {"chains": _chain_derived, "pairs": _pair_derived}
+def _step_pair_derived(df: pd.DataFrame) -> pd.DataFrame:
+    df = _pair_derived(df)
+    df["_chosen_above_rejected"] = [c > r for c, r in zip(df["chosen_score"], df["rejected_score"])]
+    return df
+
+
+DERIVED = {"chains": _chain_derived, "pairs": _pair_derived, "step_pairs": _step_pair_derived}
 
 
 def validate(table_name: str, table: pa.Table, extra: dict[str, list] | None = None) -> Outcome:

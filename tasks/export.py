@@ -1,7 +1,8 @@
-"""Trainer-ready exports of a run's ``pairs`` (DPO) and ``sft`` tables.
+"""Trainer-ready exports of a run's ``pairs`` (DPO), ``step_pairs`` (step-level DPO) and ``sft`` tables.
 
-Column names are those TRL's trainers read: ``prompt``, ``chosen``, ``rejected`` (DPO)
-and ``prompt``, ``completion`` (SFT), plus lineage columns. With ``chat=True`` the text
+Column names are those TRL's trainers read: ``prompt``, ``chosen``, ``rejected`` (DPO and
+step DPO, whose prompt already holds the shared prefix steps) and ``prompt``,
+``completion`` (SFT), plus lineage columns. With ``chat=True`` the text
 columns become message lists (TRL's conversational format). Both a JSONL and a Parquet
 file are written; ``datasets.load_dataset("json"|"parquet", data_files=...)`` loads
 either unchanged.
@@ -22,6 +23,8 @@ COLUMNS = {
     "dpo": ("pairs", ["prompt", "chosen", "rejected", "pair_id", "problem_id", "stage", "chosen_chain_id", "rejected_chain_id",
                       "chosen_score", "rejected_score", "margin"]),
     "sft": ("sft", ["prompt", "completion", "sft_id", "problem_id", "stage", "chain_id"]),
+    "step_dpo": ("step_pairs", ["prompt", "chosen", "rejected", "pair_id", "problem_id", "stage", "source", "depth",
+                                "chosen_chain_id", "rejected_chain_id", "chosen_score", "rejected_score"]),
 }
 
 

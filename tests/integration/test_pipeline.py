@@ -92,6 +92,30 @@ def test_self_correction_and_diversity_stages_follow_their_routes(finished_run):
     assert {(v["table"], v["stage"]) for v in val} >= {("problems", "seeds"), ("chains", "generation")}
 
 
+def test_step_pairs_hold_one_right_and_one_wrong_step_after_the_same_prefix_and_export_for_trl(finished_run, tmp_path):
+    """Issue 21.1: the step_pairs stage's rows, checked against the chains they come from, and
+    their ``step_dpo`` export (TRL's prompt/chosen/rejected columns)."""
+    import datasets
+
+    from tasks.export import export_run
+
+    root, summary, _ = finished_run
+    store = RunStore(root, "it-run")
+    chains = {c["chain_id"]: c for c in store.read_table("chains").to_pylist()}
+    steps = store.read_table("step_pairs").to_pylist()
+    assert {p["source"] for p in steps} == {"search", "correction"} and summary["counts"]["step_pairs"] == len(steps)
+    for p in steps:
+        good, bad = chains[p["chosen_chain_id"]], chains[p["rejected_chain_id"]]
+        d = p["depth"]
+        assert good["steps"][:d] == bad["steps"][:d] and (p["chosen"], p["rejected"]) == (good["steps"][d], bad["steps"][d])
+        assert good["step_scores"][d] >= 0.75 and bad["step_scores"][d] <= 0.25
+        solve = bad["prompt"] if p["source"] == "correction" else good["prompt"]  # a correction trains under the solve prompt
+        assert p["prompt"] == solve + "".join(s + "\n\n" for s in good["steps"][:d])
+    export_run(store.run_dir, "step_dpo", tmp_path / "out")
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "step_dpo.jsonl"), split="train")
+    assert ds.num_rows == len(steps) and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+
+
 def test_catalog_answers_across_the_run(finished_run):
     root, summary, _ = finished_run
     got = run_query(root, "select stage, count(*) as n from chains group by 1 order by 1").to_pylist()

@@ -95,10 +95,10 @@ def test_changing_a_config_leaf_changes_the_fingerprint_of_exactly_the_stages_ha
 # The settings every commit applies, found by reading each stage's task code; a stage that is
 # handed one of them must recompute when it changes, and no other stage may.
 COMMIT_READS = {
-    "validation.max_failure_share": {"seeds", "generation", "routing", "self_correction", "diversity", "sft", "metrics", "train",
-                                     "evaluate"},
+    "validation.max_failure_share": {"seeds", "generation", "routing", "self_correction", "diversity", "sft", "step_pairs",
+                                     "metrics", "train", "evaluate"},
     "validation.max_wrong_steps": {"routing", "self_correction", "diversity", "sft"},  # pairs and SFT rows are process-checked
-    "search.step_separator": {"generation", "routing", "self_correction", "diversity", "sft"},  # search, and process checks
+    "search.step_separator": {"generation", "routing", "self_correction", "diversity", "sft", "step_pairs"},  # search, process checks, step prompts
     "generation.prompt_template": {"generation", "routing", "self_correction", "diversity", "sft", "evaluate"},
     "evolve_id": {"train"},  # written into the models row
 }

@@ -25,15 +25,15 @@ def toy(name, reads=(), writes=(), after=(), enabled=declared.always):
 
 
 def test_the_factory_runs_its_stages_in_the_declared_order():
-    factory = ("seeds", "generation", "routing", "self_correction", "diversity", "sft", "metrics")
+    factory = ("seeds", "generation", "routing", "self_correction", "diversity", "sft", "step_pairs", "metrics")
     assert names() == (*factory, "train", "evaluate")
-    assert downstream("generation") == ("routing", "self_correction", "diversity", "sft", "metrics", "train", "evaluate")
-    assert downstream("self_correction") == ("sft", "metrics", "train", "evaluate") and downstream("evaluate") == ()
+    assert downstream("generation") == ("routing", "self_correction", "diversity", "sft", "step_pairs", "metrics", "train", "evaluate")
+    assert downstream("self_correction") == ("sft", "step_pairs", "metrics", "train", "evaluate") and downstream("evaluate") == ()
     assert [s.name for s in check_stages(RunConfig())] == list(factory)  # train and evaluate are off unless asked for
     evolve = RunConfig.model_validate({"train": {"enabled": True}, "evaluate": {"enabled": True}})
     assert [s.name for s in check_stages(evolve)] == list(names())
     off = RunConfig.model_validate({"self_correction": {"enabled": False}, "metrics": {"enabled": False}})
-    assert [s.name for s in check_stages(off)] == ["seeds", "generation", "routing", "diversity", "sft"]
+    assert [s.name for s in check_stages(off)] == ["seeds", "generation", "routing", "diversity", "sft", "step_pairs"]
 
 
 def test_a_stage_reading_a_table_no_earlier_stage_writes_is_refused_before_it_runs():

@@ -1,0 +1,66 @@
+"""Step-level pairs (tasks/step_pairs.py): one step judged right vs one judged wrong after the
+same prompt and prefix, from the search's MAX/MIN chains and from self-correction."""
+
+import pyarrow as pa
+import pytest
+
+from infra.schemas import CHAINS
+from tasks.step_pairs import NEEDED, step_pairs
+
+SEP = "\n"
+
+
+def chain(cid, stage, branch, steps, scores, *, pid="p1", correct=False, parent=None, prompt="Q: ?\nA:\n"):
+    return {"chain_id": cid, "problem_id": pid, "stage": stage, "branch": branch, "prompt": prompt, "steps": steps,
+            "step_scores": scores, "correct": correct, "parent_chain_id": parent}
+
+
+def pairs(*rows, right_at=0.75, wrong_at=0.25):
+    table = pa.Table.from_pylist(list(rows), schema=pa.schema([CHAINS.field(n) for n in NEEDED]))
+    return step_pairs(table, right_at=right_at, wrong_at=wrong_at, separator=SEP, run_id="r").to_pylist()
+
+
+def test_max_and_min_diverging_at_a_right_and_a_wrong_step_make_one_pair_at_that_prefix():
+    got = pairs(chain("mx", "generation", "max", ["2+3=5.", "5*4=20.", "#### 20"], [1.0, 1.0, 1.0], correct=True),
+                chain("mn", "generation", "min", ["2+3=5.", "5*4=21.", "#### 21"], [1.0, 0.0, 0.0]))
+    assert len(got) == 1
+    p = got[0]
+    assert (p["source"], p["stage"], p["depth"]) == ("search", "generation", 1)
+    assert p["prompt"] == "Q: ?\nA:\n" + "2+3=5." + SEP  # the text the policy continued from
+    assert (p["chosen"], p["rejected"]) == ("5*4=20.", "5*4=21.")
+    assert (p["chosen_score"], p["rejected_score"], p["chosen_chain_id"], p["rejected_chain_id"]) == (1.0, 0.0, "mx", "mn")
+
+
+@pytest.mark.parametrize("max_score, min_score", [(0.5, 0.0), (1.0, 0.5)])
+def test_a_step_the_scorer_does_not_judge_makes_no_pair(max_score, min_score):
+    assert pairs(chain("mx", "generation", "max", ["a=1.", "b"], [max_score, 1.0]),
+                 chain("mn", "generation", "min", ["a=2.", "b"], [min_score, 1.0])) == []
+
+
+def test_identical_chains_or_different_prompts_make_no_pair():
+    same = ["1+1=2.", "#### 2"]
+    assert pairs(chain("mx", "generation", "max", same, [1.0, 1.0]), chain("mn", "generation", "min", same, [1.0, 1.0])) == []
+    assert pairs(chain("mx", "diversity", "max", ["1+1=2."], [1.0]),
+                 chain("mn", "diversity", "min", ["1+1=3."], [0.0], prompt="other")) == []
+
+
+def test_a_correction_that_reaches_gold_pairs_its_step_with_the_parents_first_wrong_step_under_the_solve_prompt():
+    parent = chain("g", "generation", "max", ["2+3=5.", "5*4=21.", "#### 21"], [1.0, 0.0, 0.0], prompt="SOLVE\n")
+    fixed = chain("c", "self_correction", "max", ["2+3=5.", "5*4=20.", "#### 20"], [1.0, 1.0, 1.0], correct=True,
+                  parent="g", prompt="REVIEW\n")
+    still_wrong = chain("c2", "self_correction", "min", ["2+3=5.", "5*4=22.", "#### 22"], [1.0, 0.0, 0.0], parent="g",
+                        prompt="REVIEW\n")
+    got = [p for p in pairs(parent, fixed, still_wrong) if p["source"] == "correction"]
+    assert len(got) == 1
+    p = got[0]
+    assert p["prompt"] == "SOLVE\n2+3=5." + SEP and p["stage"] == "self_correction" and p["depth"] == 1
+    assert (p["chosen"], p["rejected"], p["chosen_chain_id"], p["rejected_chain_id"]) == ("5*4=20.", "5*4=21.", "c", "g")
+
+
+def test_thresholds_come_from_the_config_and_must_stay_apart():
+    from infra.config import ConfigError, RunConfig, apply_overrides  # noqa: F401
+
+    rows = (chain("mx", "generation", "max", ["a=1."], [0.6]), chain("mn", "generation", "min", ["a=2."], [0.3]))
+    assert pairs(*rows) == [] and len(pairs(*rows, right_at=0.6, wrong_at=0.3)) == 1
+    with pytest.raises(Exception, match="wrong_at .* must be below"):
+        RunConfig.model_validate(apply_overrides({}, {"step_pairs.right_at": 0.2, "step_pairs.wrong_at": 0.3}))
