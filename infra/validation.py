@@ -1,9 +1,10 @@
 """Great Expectations suites per table, run on every stage write.
 
-``validate(table_name, table, extra) -> Outcome``: the suite for the table runs on a pandas
-batch (GX's SQL datasource on DuckDB is broken, GX issue 11579). Derived boolean columns
-let GX check rules that span columns or lists: the structural ones are computed here
-(``_n_steps_ok``, ``_chosen_ne_rejected``...), the ones that need answer checking or the
+``validate(table_name, table, extra) -> Outcome``: the table's suite (its entry in ``SUITES``;
+a table without one is written unchecked) runs on a pandas batch (GX's SQL datasource on
+DuckDB is broken, GX issue 11579). Derived boolean columns let GX check rules that span
+columns or lists: the structural ones are computed here (``DERIVED``: ``_n_steps_ok``,
+``_chosen_ne_rejected``...), the ones that need answer checking or the
 problems' gold answers (``_verdict_consistent``, ``_chosen_verified``...) are computed by
 the caller (``tasks.checks``) and passed in ``extra``; an expectation on a derived column
 runs only when the column is present.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -81,65 +83,88 @@ def _pair_derived(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _suite(table_name: str, gxe):
+def _problems(gxe) -> list:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="question"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="question", min_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column="gold_answer"),
+    ]
+
+
+def _chains(gxe) -> list:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="chain_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="chain_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="verdict", value_set=["correct", "wrong", "unknown", "no_answer", "error"]),
+        gxe.ExpectColumnValuesToBeInSet(column="branch", value_set=["max", "min"]),
+        gxe.ExpectColumnValuesToBeInSet(column="_verdict_consistent", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_n_steps_ok", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_scores_in_range", value_set=[True]),
+    ]
+
+
+def _pairs(gxe) -> list:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_chosen_verified", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_rejected_verified_wrong", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_prompt_matches", value_set=[True]),
+    ]
+
+
+def _step_pairs(gxe) -> list:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
+        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["search", "correction"]),
+        gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0),
+        gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_chosen_above_rejected", value_set=[True]),
+    ]
+
+
+def _sft(gxe) -> list:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="sft_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="sft_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="chain_id"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="completion", min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column="_completion_verified", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="_prompt_matches", value_set=[True]),
+    ]
+
+
+def _metrics(gxe) -> list:
+    return [  # value may be NaN (e.g. ops_per_problem when no problem states its operations)
+        gxe.ExpectColumnValuesToNotBeNull(column="stage"),
+        gxe.ExpectColumnValuesToBeInSet(column="table", value_set=["chains", "pairs", "sft"]),
+        gxe.ExpectColumnValuesToNotBeNull(column="metric"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="metric", min_value=1),
+        gxe.ExpectColumnValuesToBeOfType(column="value", type_="float64"),
+        gxe.ExpectColumnValuesToNotBeNull(column="n"),
+        gxe.ExpectColumnValuesToBeBetween(column="n", min_value=0),
+    ]
+
+
+SUITES: dict[str, Callable[[Any], list]] = {"problems": _problems, "chains": _chains, "pairs": _pairs, "step_pairs": _step_pairs,
+                                            "sft": _sft, "metrics": _metrics}
+"""Each table's suite: ``great_expectations.expectations`` (the module, imported on first use) -> the
+table's expectations. A table with no entry (routes, worklist, models...) is written unchecked: every
+row is good, none is quarantined, and its commit records no ``validation`` rows."""
+
+
+def _suite(table_name: str, gxe) -> list:
     """The expectations of a table's suite (none for tables without one, e.g. routes)."""
-    true = [True]
-    common = {
-        "problems": [
-            gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
-            gxe.ExpectColumnValuesToBeUnique(column="problem_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="question"),
-            gxe.ExpectColumnValueLengthsToBeBetween(column="question", min_value=1),
-            gxe.ExpectColumnValuesToNotBeNull(column="gold_answer"),
-        ],
-        "chains": [
-            gxe.ExpectColumnValuesToNotBeNull(column="chain_id"),
-            gxe.ExpectColumnValuesToBeUnique(column="chain_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="problem_id"),
-            gxe.ExpectColumnValuesToBeInSet(column="verdict", value_set=["correct", "wrong", "unknown", "no_answer", "error"]),
-            gxe.ExpectColumnValuesToBeInSet(column="branch", value_set=["max", "min"]),
-            gxe.ExpectColumnValuesToBeInSet(column="_verdict_consistent", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_n_steps_ok", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_scores_in_range", value_set=true),
-        ],
-        "pairs": [
-            gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
-            gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
-            gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_chosen_verified", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_rejected_verified_wrong", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_prompt_matches", value_set=true),
-        ],
-        "step_pairs": [
-            gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
-            gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
-            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["search", "correction"]),
-            gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0),
-            gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_chosen_above_rejected", value_set=true),
-        ],
-        "sft": [
-            gxe.ExpectColumnValuesToNotBeNull(column="sft_id"),
-            gxe.ExpectColumnValuesToBeUnique(column="sft_id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="chain_id"),
-            gxe.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1),
-            gxe.ExpectColumnValueLengthsToBeBetween(column="completion", min_value=1),
-            gxe.ExpectColumnValuesToBeInSet(column="_completion_verified", value_set=true),
-            gxe.ExpectColumnValuesToBeInSet(column="_prompt_matches", value_set=true),
-        ],
-        "metrics": [  # value may be NaN (e.g. ops_per_problem when no problem states its operations)
-            gxe.ExpectColumnValuesToNotBeNull(column="stage"),
-            gxe.ExpectColumnValuesToBeInSet(column="table", value_set=["chains", "pairs", "sft"]),
-            gxe.ExpectColumnValuesToNotBeNull(column="metric"),
-            gxe.ExpectColumnValueLengthsToBeBetween(column="metric", min_value=1),
-            gxe.ExpectColumnValuesToBeOfType(column="value", type_="float64"),
-            gxe.ExpectColumnValuesToNotBeNull(column="n"),
-            gxe.ExpectColumnValuesToBeBetween(column="n", min_value=0),
-        ],
-    }
-    return common.get(table_name, [])
+    build = SUITES.get(table_name)
+    return build(gxe) if build else []
 
 
 def _step_pair_derived(df: pd.DataFrame) -> pd.DataFrame:

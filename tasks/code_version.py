@@ -12,7 +12,8 @@ a docstring, comment or formatting fix changes no code version, so it recomputes
 resume; any other edit of a reached module does. Editing a module no stage reaches (e.g.
 ``tasks/report.py``) changes no stage's code version. Imports by string (``importlib``) are
 not seen: a module loaded that way must be imported by name somewhere the stage reaches, or
-named in ``RUNTIME_FILES``. Results are cached per process (the code does not change under
+named in ``RUNTIME_FILES``. A stage whose function lives outside the packages (a test's toy
+stage) counts by its own file plus the project modules it reaches. Results are cached per process (the code does not change under
 a running process).
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
 import threading
 from pathlib import Path
 
@@ -44,6 +46,24 @@ def _modules(root: Path) -> dict[str, Path]:
             parts = f.relative_to(root).with_suffix("").parts
             out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     return out
+
+
+def _with(module: str, root: Path) -> dict[str, Path]:
+    """The project's modules, plus ``module`` itself when it is an importable module outside the
+    packages (a stage declared elsewhere, e.g. by a test): it counts by its own file and the
+    project modules it imports. ValueError for anything else."""
+    modules = _modules(root)
+    if module in modules or module.partition(".")[0] in PACKAGES:
+        if module not in modules:
+            raise ValueError(f"{module!r} is not a module of {', '.join(PACKAGES)} under {root}")
+        return modules
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not (spec.origin or "").endswith(".py"):
+        raise ValueError(f"{module!r} is neither a module of {', '.join(PACKAGES)} under {root} nor an importable Python file")
+    return {**modules, module: Path(spec.origin)}
 
 
 def _parents(name: str) -> list[str]:
@@ -88,9 +108,7 @@ def _imports(name: str, modules: dict[str, Path]) -> set[str]:
 
 def reached(module: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
     """Sorted names of the project modules ``module`` reaches through imports (itself included)."""
-    modules = _modules(root)
-    if module not in modules:
-        raise ValueError(f"{module!r} is not a module of {', '.join(PACKAGES)} under {root}")
+    modules = _with(module, root)
     seen: set[str] = set()
     todo = [module, *(p for p in _parents(module) if p in modules)]
     while todo:
@@ -140,9 +158,9 @@ def code_version(module: str, root: Path = PROJECT_ROOT) -> str:
     """Hash of the code a stage whose task lives in ``module`` can run: every reached module
     (docstrings removed) and the runtime files they read. Part of every shard fingerprint."""
     h = hashlib.sha256()
-    mods = reached(module, root)
+    mods, files = reached(module, root), _with(module, root)
     for m in mods:
-        h.update(f"{m}\0{module_digest(_modules(root)[m])}\0".encode())
+        h.update(f"{m}\0{module_digest(files[m])}\0".encode())
     for f in runtime_files(mods, root):
         h.update(f"{f.relative_to(root).as_posix()}\0{_file_digest(f)}\0".encode())
     return h.hexdigest()[:16]
