@@ -111,7 +111,6 @@ def run(
     overrides, cfg, root = _setup(path, n, sets, data_root, check=True)
     from flows.pipeline import prepare_run, sphere_run
     from flows.run_ids import new_run_id
-    from infra import progress
 
     if resume:
         _run_dir(resume, root)
@@ -125,23 +124,13 @@ def run(
         raise typer.Exit(2)
     console.print(f"run id: [bold]{run_id}[/bold]  ({'resuming' if resume else 'new'}; data: {run_dir})")
     hint = _resume("run", run_id, root, kept="shards")
-    with _lifetime(hint), Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        progress.install(on_progress)
+    with _lifetime(hint), _progress():
         try:
             summary = sphere_run(config_path=str(path), run_id=run_id, data_root=str(root), overrides=overrides)
         except Exception as e:
             console.print(f"[red]run {run_id} failed: {_failure(e, root)}[/red]", soft_wrap=True)
             console.print(hint, soft_wrap=True)
             raise typer.Exit(1)
-        finally:
-            progress.install(None)
     stdout.print(f"run {run_id} finished")
     t = Table()
     t.add_column("table")
@@ -202,6 +191,28 @@ def _show_rows(schema, rows: list[dict], total: int) -> None:
     stdout.print(table)
     if total > len(rows):
         console.print(f"... {total - len(rows):,} more rows ({total:,} in all); use --format csv|json|parquet --out FILE for all")
+
+
+@contextmanager
+def _progress():
+    """Progress bars on stderr for what the flows report (``infra.progress``): one per stage
+    (shards done of shards known), and for an evolve one for the rounds; a stage's bar starts
+    again with each round."""
+    from infra import progress
+
+    with Progress(TextColumn("{task.description:>15}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        progress.install(on_progress)
+        try:
+            yield
+        finally:
+            progress.install(None)
 
 
 def _failure(e: BaseException, root: Path) -> str:
@@ -483,7 +494,7 @@ def evolve(
     console.print(f"evolve id: [bold]{evolve_id}[/bold] ({rounds} rounds; data: {root})")
     hint = _resume(f"evolve {config} --rounds {rounds}", evolve_id, root, kept="rounds")
     try:
-        with _lifetime(hint), _errors_reported_here():
+        with _lifetime(hint), _errors_reported_here(), _progress():
             record = sphere_evolve(config_path=str(config), rounds=rounds, evolve_id=evolve_id, data_root=str(root), overrides=overrides,
                                    allow_config_change=allow_config_change)
     except RoundRejected as e:  # the record keeps the parent; resuming with the same config would stop the same way

@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.pipeline import StageFailed, sphere_run
 from flows.run_ids import bound_or_new_id, new_run_id
+from infra import progress
 from infra.config import RunConfig, load_config
 from infra.locks import writer_lock
 from infra.storage import RunStore, atomic_write_text, read_json
@@ -192,6 +193,7 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
         record["policy"] = policy
         _write(path, record)  # so --resume finds an evolve killed in its first round
         for r in range(len(done), rounds):
+            progress.report("round", r, rounds)
             try:
                 result = evolve_round.with_options(flow_run_name=f"round-{r}")(record["run_config"], evolve_id, r, policy, str(root))
             except RoundRejected as e:
@@ -207,7 +209,9 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
             record["policy"] = policy
             record.pop("stopped", None)
             _write(path, record)
+        progress.report("round", rounds, rounds)
         record["comparison"] = compare_rounds(root, record)
+        record["comparisons"] = round_by_round(_correct_by_round(root, record))
         record["report"] = str(write_evolve_report(root, record))
         _write(path, record)
     create_markdown_artifact(key="sphere-evolve-report", markdown=evolve_markdown(record), description=f"Self-evolution {evolve_id}")
@@ -225,14 +229,24 @@ def accuracy_by_round(record: dict) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _correct_by_round(root: Path, record: dict) -> dict[int, dict[str, bool]]:
+    by_round: dict[int, dict[str, bool]] = {}
+    for rnd in record["rounds"]:
+        for it in RunStore(root, rnd["run_id"]).read_table("eval_items").to_pylist():
+            by_round.setdefault(it["round"], {})[it["problem_id"]] = it["correct"]
+    return by_round
+
+
+def round_by_round(by_round: dict[int, dict[str, bool]]) -> list[dict]:
+    """Paired McNemar of each model against the one before it (model r+1, trained in round r,
+    against model r, which round r started from), on the problems both were evaluated on."""
+    ks = sorted(by_round)
+    return [{"from_round": a, "to_round": b, **mcnemar(by_round[a], by_round[b])} for a, b in zip(ks, ks[1:])]
+
+
 def compare_rounds(root: Path, record: dict) -> dict:
     """Paired McNemar of the last round's model against round 0's policy on the same held-out problems."""
-    items = []
-    for rnd in record["rounds"]:
-        items += RunStore(root, rnd["run_id"]).read_table("eval_items").to_pylist()
-    by_round: dict[int, dict[str, bool]] = {}
-    for it in items:
-        by_round.setdefault(it["round"], {})[it["problem_id"]] = it["correct"]
+    by_round = _correct_by_round(root, record)
     if len(by_round) < 2:
         return {}
     first, last = min(by_round), max(by_round)
@@ -243,6 +257,8 @@ def evolve_markdown(record: dict) -> str:
     lines = [f"# Self-evolution `{record['evolve_id']}`", "", "| round | model | held-out accuracy | 95% CI | n |", "|---|---|---|---|---|"]
     lines += [f"| {a['round']} | {a['model']} | {a['accuracy']:.3f} | [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | {a['n']} |"
               for a in accuracy_by_round(record)]
+    lines += [f"- model {c['to_round']} vs model {c['from_round']}: {c['b_only']} fixed, {c['a_only']} broken, p = {c['p_value']:.2g}"
+              for c in record.get("comparisons", [])]
     c = record.get("comparison") or {}
     if c:
         lines += ["", f"McNemar round {c['from_round']} vs {c['to_round']}: {c['b_only']} problems fixed, {c['a_only']} broken, "

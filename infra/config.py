@@ -343,6 +343,9 @@ class TrainConfig(_Model):
         "pairs stay on one side and the split is the same every run).")
     seed: int = Field(0, description="Seed of the batch order (a pure function of seed and epoch, so a resumed run sees the same batches).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps (None: run all epochs).")
+    pair_level: Literal["chain", "step", "both"] = Field(
+        "chain", description="Which preference pairs train: chain (the pairs table: whole chains), step (step_pairs: one "
+        "step each after a shared prefix, Step-DPO) or both. step and both need step_pairs.enabled.")
     num_gpus: int = Field(
         0, ge=0, description="0 trains in this process on CPU; > 0 runs the trl trainer inside a Ray actor holding this "
         "many GPUs (the tiny trainer is CPU only).")
@@ -406,6 +409,12 @@ class RunConfig(_Model):
         "commits, and engine pools live as long as a remaining stage needs them; barrier: each stage waits for the whole "
         "previous stage and closes its pool at its end (the factory before streaming; kept as the benchmark baseline). "
         "The rows are identical either way.")
+
+    @model_validator(mode="after")
+    def _step_pairs_for_training(self):
+        if self.train.enabled and self.train.pair_level != "chain" and not self.step_pairs.enabled:
+            raise ValueError(f"train.pair_level={self.train.pair_level!r} trains on step pairs: it needs step_pairs.enabled: true")
+        return self
 
     def get(self, dotted: str):
         """The value at a dotted path (``"search.candidates"``), as JSON-able data."""

@@ -20,18 +20,31 @@ DATA_METRICS = (("accuracy", "data accuracy"), ("vendi_q1", "Vendi q1"), ("disti
 
 
 def round_rows(root: Path, record: dict) -> list[dict]:
-    """Per round: the model's held-out accuracy (+CI) and the QDC of the round's generation chains."""
-    out = []
+    """Per round: the held-out accuracy (+CI) of the model it starts from and of the model it
+    trained, and the QDC of the round's generation chains. Only round 0 evaluates its starting
+    policy; round r > 0 starts from round r-1's promoted model (a rejected model stops the
+    evolve), so its start is that model's evaluation, measured once."""
+    out: list[dict] = []
     for rnd in sorted(record["rounds"], key=lambda r: r["round"]):
         store = RunStore(root, rnd["run_id"])
         m = {r["metric"]: r["value"] for r in store.read_table("metrics").to_pylist()
              if r["stage"] == "generation" and r["table"] == "chains"}
         start = [e for e in rnd["evals"] if e["metric"] == "greedy" and e["round"] == rnd["round"]]
         trained = [e for e in rnd["evals"] if e["metric"] == "greedy" and e["round"] == rnd["round"] + 1]
-        out.append({"round": rnd["round"], "run_id": rnd["run_id"], "start": start[0] if start else None,
+        previous = out[-1]["trained"] if out and out[-1]["round"] == rnd["round"] - 1 else None
+        out.append({"round": rnd["round"], "run_id": rnd["run_id"], "start": start[0] if start else previous,
                     "trained": trained[0] if trained else None, "data": {k: m.get(k) for k, _ in DATA_METRICS},
                     "pairs": rnd.get("pairs_by_stage", {})})
     return out
+
+
+def value_axis(values: list) -> tuple[float, float]:
+    """The y range of a QDC small multiple: from 0 (every QDC value here is non-negative) to
+    15% above the largest value, so a change of 0.02 steps looks like what it is, not a cliff."""
+    known = [v for v in values if v is not None and v == v]
+    if not known or max(known) <= 0:
+        return (min([0.0, *known]), 1.0)
+    return (min(0.0, *known), max(known) * 1.15)
 
 
 def _plots(root: Path, record: dict, rows: list[dict]) -> list[tuple[str, str]]:
@@ -59,7 +72,9 @@ def _plots(root: Path, record: dict, rows: list[dict]) -> list[tuple[str, str]]:
     if rows:
         fig, axes = plt.subplots(1, len(DATA_METRICS), figsize=(12, 3))
         for ax, (k, label) in zip(axes, DATA_METRICS):
-            ax.plot([r["round"] for r in rows], [r["data"][k] for r in rows], marker="o")
+            ys = [r["data"][k] for r in rows]
+            ax.plot([r["round"] for r in rows], ys, marker="o")
+            ax.set_ylim(*value_axis(ys))
             ax.set_title(label, fontsize=9)
             ax.set_xlabel("round")
             ax.set_xticks([r["round"] for r in rows])
@@ -85,17 +100,20 @@ def _plots(root: Path, record: dict, rows: list[dict]) -> list[tuple[str, str]]:
 
 def write_evolve_report(root: Path, record: dict) -> Path:
     rows = round_rows(root, record)
+    steps = {c["to_round"]: c for c in record.get("comparisons", [])}  # each model against the one it started from
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              f"<title>SPHERE self-evolution - {html.escape(record['evolve_id'])}</title>",
              "<style>body{font-family:sans-serif;margin:24px;max-width:1300px}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
              f"<h1>Self-evolution: {html.escape(record['evolve_id'])}</h1>",
-             "<table><tr><th>round</th><th>run</th><th>start acc</th><th>trained acc [95% CI]</th>"
+             "<table><tr><th>round</th><th>run</th><th>start acc</th><th>trained acc [95% CI]</th><th>vs start: fixed/broken, p</th>"
              + "".join(f"<th>{html.escape(label)}</th>" for _, label in DATA_METRICS) + "<th>pairs by stage</th></tr>"]
     for r in rows:
         s, t = r["start"], r["trained"]
+        m = steps.get(r["round"] + 1)
         cells = [str(r["round"]), html.escape(r["run_id"]), f"{s['value']:.3f}" if s else "",
-                 f"{t['value']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] (n={t['n']})" if t else ""]
+                 f"{t['value']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] (n={t['n']})" if t else "",
+                 f"{m['b_only']}/{m['a_only']}, p = {m['p_value']:.2g}" if m else ""]
         cells += ["" if r["data"][k] is None else f"{r['data'][k]:.3f}" for k, _ in DATA_METRICS]
         cells.append(html.escape(", ".join(f"{k}={v}" for k, v in r["pairs"].items())))
         parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -68,6 +69,20 @@ def work_dir(base: Path, mid: str, fingerprint: dict) -> Path:
     return out
 
 
+PAIR_COLUMNS = ["prompt", "chosen", "rejected", "problem_id", "stage", "margin"]
+
+
+def training_pairs(pairs: pa.Table, step_pairs: pa.Table, level: str) -> pa.Table:
+    """The preference pairs ``train.pair_level`` trains on: ``chain`` the run's ``pairs``,
+    ``step`` its ``step_pairs`` (margin: chosen minus rejected step score), ``both`` the two
+    together (chain pairs first)."""
+    steps = step_pairs.select(["prompt", "chosen", "rejected", "problem_id", "stage"]).append_column(
+        "margin", pa.compute.subtract(step_pairs.column("chosen_score"), step_pairs.column("rejected_score")))
+    chains = pairs.select(PAIR_COLUMNS)
+    parts = {"chain": [chains], "step": [steps], "both": [chains, steps]}[level]
+    return pa.concat_tables([p.cast(chains.schema) for p in parts])
+
+
 def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy_dir: Path, out_dir: Path) -> TrainResult:
     """Train from ``policy_dir`` (also the reference) on ``pairs`` / ``sft``; see ``infra.trainers``."""
     return train(TrainJob(policy_dir=policy_dir, reference_dir=policy_dir, pairs=pairs, sft=sft, cfg=section, out_dir=out_dir))
@@ -79,12 +94,13 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg = ctx.cfg
     store = ctx.store
-    fp = ctx.fingerprint(__name__, config_hash, [("pairs", None), ("sft", None)])
+    fp = ctx.fingerprint(__name__, config_hash, [("pairs", None), ("sft", None), ("step_pairs", None)])
     if not ctx.is_done(STAGE, shard, fp):
         mid = model_id(ctx.run_id, cfg.round)
         base = store.run_dir / "models" / STAGE
         policy_dir = policy_checkpoint(cfg.policy)
-        result = train_policy(store.read_table("pairs"), store.read_table("sft"), cfg.train, policy_dir=policy_dir,
+        pairs = training_pairs(store.read_table("pairs"), store.read_table("step_pairs"), cfg.train.pair_level)
+        result = train_policy(pairs, store.read_table("sft"), cfg.train, policy_dir=policy_dir,
                               out_dir=work_dir(base, mid, fp))
         dest = base / mid
         atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))

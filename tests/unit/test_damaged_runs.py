@@ -38,7 +38,7 @@ def finished_run(root, run_id="r", shards=3) -> RunStore:
         store.write("pairs", "routing", sh, from_rows(pairs, "pairs"), commit=f"routing.{sh}")
         store.mark_stage_done("routing", sh, {}, ["pairs"])
     store.write_json("_done/seeds.manifest.json", {"shards": keys})
-    for stage in ("seeds", "sft", "metrics"):
+    for stage in ("seeds", "sft", "step_pairs", "metrics"):
         store.mark_stage_done(stage, "00000", {}, [])
     store.set_status("running")
     store.set_status("finished")

@@ -59,3 +59,23 @@ def test_a_resumed_round_is_given_only_what_differs_from_its_stored_config():
     assert round_overrides(run_config, sets, stored) == {}
     changed = {**run_config, "seeds": {**run_config["seeds"], "n": 24}}
     assert round_overrides(changed, sets, stored) == {"seeds.n": 24}
+
+
+def test_each_round_starts_from_the_previous_rounds_model_and_is_tested_against_it(tmp_path):
+    """Issue 21.5: the report's "start acc" was blank after round 0 (only round 0 evaluates its
+    starting policy), and McNemar compared only the last model with round 0."""
+    from flows.evolve import round_by_round
+    from tasks.evolve_report import round_rows, value_axis
+
+    def ev(rnd, value):
+        return {"metric": "greedy", "round": rnd, "value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 100}
+
+    record = {"rounds": [{"round": 0, "run_id": "r0", "evals": [ev(0, 0.5), ev(1, 0.6)]},
+                         {"round": 1, "run_id": "r1", "evals": [ev(2, 0.7)]},
+                         {"round": 2, "run_id": "r2", "evals": [ev(3, 0.65)]}]}
+    rows = round_rows(tmp_path, record)
+    assert [r["start"]["value"] for r in rows] == [0.5, 0.6, 0.7] and [r["trained"]["value"] for r in rows] == [0.6, 0.7, 0.65]
+    by_round = {0: {"a": False, "b": False, "c": True}, 1: {"a": True, "b": False, "c": True}, 2: {"a": True, "b": True, "c": False}}
+    steps = round_by_round(by_round)
+    assert [(c["from_round"], c["to_round"], c["b_only"], c["a_only"]) for c in steps] == [(0, 1, 1, 0), (1, 2, 1, 1)]
+    assert value_axis([2.81, 2.83]) == (0.0, 2.83 * 1.15) and value_axis([None]) == (0.0, 1.0)

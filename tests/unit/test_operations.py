@@ -97,7 +97,7 @@ def test_an_unfinished_run_is_not_exported_unless_asked(tmp_path):
     assert res.exit_code == 0 and (tmp_path / "out" / "dpo.jsonl").read_text() == ""
     (store.run_dir / "_done" / "seeds.manifest.json").write_text(json.dumps({"shards": []}))
     (store.run_dir / "_done" / "routing.manifest.json").write_text(json.dumps({"self_correction": [], "diversity": []}))
-    for stage in ("seeds", "routing", "sft", "metrics"):
+    for stage in ("seeds", "routing", "sft", "step_pairs", "metrics"):
         store.mark_stage_done(stage, "00000", {}, [])
     assert unfinished_stages(run_dir) == []  # stages with no shards are finished once their upstream is
 

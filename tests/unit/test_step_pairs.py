@@ -64,3 +64,27 @@ def test_thresholds_come_from_the_config_and_must_stay_apart():
     assert pairs(*rows) == [] and len(pairs(*rows, right_at=0.6, wrong_at=0.3)) == 1
     with pytest.raises(Exception, match="wrong_at .* must be below"):
         RunConfig.model_validate(apply_overrides({}, {"step_pairs.right_at": 0.2, "step_pairs.wrong_at": 0.3}))
+
+
+def test_train_pair_level_picks_chain_step_or_both_with_step_margins():
+    from infra.schemas import PAIRS, STEP_PAIRS
+    from tasks.train import training_pairs
+
+    chain_pairs = pa.Table.from_pylist([{"prompt": "P", "chosen": "whole right", "rejected": "whole wrong", "problem_id": "p1",
+                                         "stage": "generation", "margin": 0.4, "pair_id": "a"}], schema=PAIRS)
+    steps = pa.Table.from_pylist([{"prompt": "P\n2+3=5.\n", "chosen": "5*4=20.", "rejected": "5*4=21.", "problem_id": "p1",
+                                   "stage": "generation", "chosen_score": 1.0, "rejected_score": 0.0, "pair_id": "b",
+                                   "source": "search", "depth": 1}], schema=STEP_PAIRS)
+    assert training_pairs(chain_pairs, steps, "chain").column("chosen").to_pylist() == ["whole right"]
+    step = training_pairs(chain_pairs, steps, "step").to_pylist()
+    assert step == [{"prompt": "P\n2+3=5.\n", "chosen": "5*4=20.", "rejected": "5*4=21.", "problem_id": "p1",
+                     "stage": "generation", "margin": 1.0}]
+    assert training_pairs(chain_pairs, steps, "both").column("chosen").to_pylist() == ["whole right", "5*4=20."]
+
+
+def test_training_on_step_pairs_needs_the_step_pairs_stage():
+    from infra.config import RunConfig, apply_overrides
+
+    with pytest.raises(Exception, match="train.pair_level='step' trains on step pairs: it needs step_pairs.enabled"):
+        RunConfig.model_validate(apply_overrides({}, {"train.enabled": True, "train.pair_level": "step", "step_pairs.enabled": False}))
+    assert RunConfig.model_validate(apply_overrides({}, {"train.enabled": True, "train.pair_level": "both"})).train.pair_level == "both"
