@@ -105,8 +105,6 @@ def run(
                                    "--resume, changes the run's stored config (logged to reruns.jsonl) and recomputes what it affects."),
 ) -> None:
     """Run the whole pipeline: every declared stage in order (see `sphere rerun --help` for the stages)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     path = config or DEFAULT_CONFIG
     overrides, cfg, root = _setup(path, n, sets, data_root, check=True)
     from flows.pipeline import prepare_run, sphere_run
@@ -198,6 +196,8 @@ def _progress():
     """Progress bars on stderr for what the flows report (``infra.progress``): one per stage
     (shards done of shards known), and for an evolve one for the rounds; a stage's bar starts
     again with each round."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from infra import progress
 
     with Progress(TextColumn("{task.description:>15}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
