@@ -171,7 +171,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("metrics", metrics_task, reads=("problems", "chains", "pairs", "sft", "quarantine"), writes=("metrics",),
           config=("metrics", "dedup"), after=("sft",), enabled=lambda cfg: cfg.metrics.enabled),
     Stage("train", train_task, reads=("pairs", "sft"), optional_reads=("step_pairs",), writes=("train_log", "models"),
-          config=("train", "policy", "round", "evolve_id"), after=("sft", "step_pairs"), enabled=lambda cfg: cfg.train.enabled,
+          config=("train", "policy", "round", "evolve_id", "search.step_separator"), after=("sft", "step_pairs"), enabled=lambda cfg: cfg.train.enabled,
           exclusive=lambda cfg: cfg.train.num_gpus > 0),
     Stage("evaluate", evaluate_task, reads=("problems",), optional_reads=("models",), writes=("evals", "eval_items"),
           config=("evaluate", "policy", "seeds", "round", "seed", "generation.prompt_template"),

@@ -72,13 +72,24 @@ def work_dir(base: Path, mid: str, fingerprint: dict) -> Path:
 PAIR_COLUMNS = ["prompt", "chosen", "rejected", "problem_id", "stage", "margin"]
 
 
-def training_pairs(pairs: pa.Table, step_pairs: pa.Table, level: str) -> pa.Table:
+def training_pairs(pairs: pa.Table, step_pairs: pa.Table, level: str, separator: str) -> pa.Table:
     """The preference pairs ``train.pair_level`` trains on: ``chain`` the run's ``pairs``,
-    ``step`` its ``step_pairs`` (margin: chosen minus rejected step score), ``both`` the two
-    together (chain pairs first)."""
-    steps = step_pairs.select(["prompt", "chosen", "rejected", "problem_id", "stage"]).append_column(
-        "margin", pa.compute.subtract(step_pairs.column("chosen_score"), step_pairs.column("rejected_score")))
-    chains = pairs.select(PAIR_COLUMNS)
+    ``step`` its ``step_pairs``, ``both`` the two together (chain pairs first). A step pair's
+    chosen and rejected are its step followed by ``separator`` and marked ``continues`` (the
+    trainer adds no end-of-sequence token: the policy goes on after a step; with one, RPO's
+    NLL term taught tiny-small to stop after one step and broke 1,187 of 2,000 held-out
+    problems its parent solved); its margin is the chosen minus the rejected step score."""
+    n = step_pairs.num_rows
+    steps = pa.table({
+        "prompt": step_pairs.column("prompt"),
+        "chosen": pa.compute.binary_join_element_wise(step_pairs.column("chosen"), pa.array([separator] * n, pa.string()), ""),
+        "rejected": pa.compute.binary_join_element_wise(step_pairs.column("rejected"), pa.array([separator] * n, pa.string()), ""),
+        "problem_id": step_pairs.column("problem_id"),
+        "stage": step_pairs.column("stage"),
+        "margin": pa.compute.subtract(step_pairs.column("chosen_score"), step_pairs.column("rejected_score")),
+        "continues": pa.array([True] * n, pa.bool_()),
+    })
+    chains = pairs.select(PAIR_COLUMNS).append_column("continues", pa.array([False] * pairs.num_rows, pa.bool_()))
     parts = {"chain": [chains], "step": [steps], "both": [chains, steps]}[level]
     return pa.concat_tables([p.cast(chains.schema) for p in parts])
 
@@ -99,7 +110,8 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
         mid = model_id(ctx.run_id, cfg.round)
         base = store.run_dir / "models" / STAGE
         policy_dir = policy_checkpoint(cfg.policy)
-        pairs = training_pairs(store.read_table("pairs"), store.read_table("step_pairs"), cfg.train.pair_level)
+        pairs = training_pairs(store.read_table("pairs"), store.read_table("step_pairs"), cfg.train.pair_level,
+                               cfg.search.step_separator)
         result = train_policy(pairs, store.read_table("sft"), cfg.train, policy_dir=policy_dir,
                               out_dir=work_dir(base, mid, fp))
         dest = base / mid

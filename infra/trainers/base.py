@@ -62,7 +62,9 @@ class TrainJob:
     ``pairs``: rows with ``prompt, chosen, rejected`` and, used when present,
     ``problem_id`` (split key; the prompt stands in when absent), ``stage`` (filtered by
     ``cfg.pair_stages``; rows without it are kept) and ``margin`` (filtered by
-    ``cfg.min_margin``; a missing margin is then dropped). ``sft``: rows with ``prompt,
+    ``cfg.min_margin``; a missing margin is then dropped) and ``continues`` (true: the
+    completions are one step the policy goes on after, trained without an end-of-sequence
+    token; the ``trl`` trainer refuses them). ``sft``: rows with ``prompt,
     completion`` (+ ``problem_id``), read when ``cfg.method == "sft"`` and
     ``cfg.sft_source == "sft"``. ``out_dir``: where checkpoints and the log go.
     """
@@ -154,7 +156,8 @@ def prepare(job: TrainJob) -> TrainData:
     stages = set(cfg.pair_stages)
     staged = [r for r in given if r.get("stage") is None or r["stage"] in stages]
     kept = staged if cfg.min_margin is None else [r for r in staged if r.get("margin") is not None and r["margin"] >= cfg.min_margin]
-    pairs = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "key": _key(r)} for r in kept]
+    pairs = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "key": _key(r),
+              **({"continues": True} if r.get("continues") else {})} for r in kept]
     val_pairs = [p for p in pairs if in_val(p["key"], cfg.val_share)]
     train_pairs = [p for p in pairs if not in_val(p["key"], cfg.val_share)]
     counts = (f"{len(given)} pair rows given, {len(staged)} in pair_stages {cfg.pair_stages}, "
@@ -168,7 +171,8 @@ def prepare(job: TrainJob) -> TrainData:
             for p in pairs:
                 if (p["prompt"], p["chosen"]) not in seen:
                     seen.add((p["prompt"], p["chosen"]))
-                    sft.append({"prompt": p["prompt"], "completion": p["chosen"], "key": p["key"]})
+                    sft.append({"prompt": p["prompt"], "completion": p["chosen"], "key": p["key"],
+                                **({"continues": True} if p.get("continues") else {})})
         else:
             given_sft = _rows(job.sft)
             _check_columns(given_sft, SFT_COLUMNS, "sft")

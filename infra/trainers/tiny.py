@@ -55,9 +55,11 @@ STATE_DIR = ".state"
 REF_BATCH = 64
 
 
-def encode(tok: Tokenizer, prompt: str, completion: str, max_len: int) -> Encoded:
-    """``[<bos>, prompt..., completion..., <eos>]`` cut to ``max_len``, and the completion mask."""
-    a, b = [BOS, *tok.encode(prompt)], [*tok.encode(completion), EOS]
+def encode(tok: Tokenizer, prompt: str, completion: str, max_len: int, eos: bool = True) -> Encoded:
+    """``[<bos>, prompt..., completion..., <eos>]`` cut to ``max_len``, and the completion mask.
+    ``eos=False`` for a completion the policy continues after (a step pair's step and its
+    separator): ending it with ``<eos>`` would teach the model to stop after one step."""
+    a, b = [BOS, *tok.encode(prompt)], [*tok.encode(completion), *([EOS] if eos else [])]
     return (a + b)[:max_len], ([False] * len(a) + [True] * len(b))[:max_len]
 
 
@@ -177,12 +179,13 @@ class TinyTrainer:
         max_len = model.config.max_len
 
         def enc_pair(p: dict) -> tuple[Encoded, Encoded]:
-            return encode(tok, p["prompt"], p["chosen"], max_len), encode(tok, p["prompt"], p["rejected"], max_len)
+            eos = not p.get("continues")
+            return encode(tok, p["prompt"], p["chosen"], max_len, eos), encode(tok, p["prompt"], p["rejected"], max_len, eos)
 
         train_pairs = [enc_pair(p) for p in data.train_pairs] if cfg.method != "sft" else []
         val_pairs = [enc_pair(p) for p in data.val_pairs]
-        train_sft = [encode(tok, r["prompt"], r["completion"], max_len) for r in data.train_sft]
-        val_sft = [encode(tok, r["prompt"], r["completion"], max_len) for r in data.val_sft]
+        train_sft = [encode(tok, r["prompt"], r["completion"], max_len, not r.get("continues")) for r in data.train_sft]
+        val_sft = [encode(tok, r["prompt"], r["completion"], max_len, not r.get("continues")) for r in data.val_sft]
         ref_model, _, _ = load_pretrained(job.reference_dir)
         ref_train, ref_val = reference_logps(ref_model, train_pairs), reference_logps(ref_model, val_pairs)
         del ref_model

@@ -183,6 +183,9 @@ def train_here(job: TrainJob) -> TrainResult:
     t0 = time.time()
     cfg, out = job.cfg, Path(job.out_dir)
     data = prepare(job)
+    if any(p.get("continues") for p in data.train_pairs + data.val_pairs + data.train_sft):
+        raise TrainError("the trl trainer ends every completion with its end-of-sequence token, which would teach the policy "
+                         "to stop after one step: train step pairs (train.pair_level step or both) with train.kind tiny")
     _imports()
     claim(out, fingerprint(job, data, "trl"))
     if (out / "final").is_dir():

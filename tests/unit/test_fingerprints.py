@@ -98,7 +98,7 @@ COMMIT_READS = {
     "validation.max_failure_share": {"seeds", "generation", "routing", "self_correction", "diversity", "sft", "step_pairs",
                                      "metrics", "train", "evaluate"},
     "validation.max_wrong_steps": {"routing", "self_correction", "diversity", "sft"},  # pairs and SFT rows are process-checked
-    "search.step_separator": {"generation", "routing", "self_correction", "diversity", "sft", "step_pairs"},  # search, process checks, step prompts
+    "search.step_separator": {"generation", "routing", "self_correction", "diversity", "sft", "step_pairs", "train"},  # search, process checks, step prompts, step pairs trained
     "generation.prompt_template": {"generation", "routing", "self_correction", "diversity", "sft", "evaluate"},
     "evolve_id": {"train"},  # written into the models row
 }

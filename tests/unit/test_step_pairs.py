@@ -75,16 +75,32 @@ def test_train_pair_level_picks_chain_step_or_both_with_step_margins():
     steps = pa.Table.from_pylist([{"prompt": "P\n2+3=5.\n", "chosen": "5*4=20.", "rejected": "5*4=21.", "problem_id": "p1",
                                    "stage": "generation", "chosen_score": 1.0, "rejected_score": 0.0, "pair_id": "b",
                                    "source": "search", "depth": 1}], schema=STEP_PAIRS)
-    assert training_pairs(chain_pairs, steps, "chain").column("chosen").to_pylist() == ["whole right"]
-    step = training_pairs(chain_pairs, steps, "step").to_pylist()
-    assert step == [{"prompt": "P\n2+3=5.\n", "chosen": "5*4=20.", "rejected": "5*4=21.", "problem_id": "p1",
-                     "stage": "generation", "margin": 1.0}]
-    assert training_pairs(chain_pairs, steps, "both").column("chosen").to_pylist() == ["whole right", "5*4=20."]
+    chain = training_pairs(chain_pairs, steps, "chain", SEP).to_pylist()
+    assert [(r["chosen"], r["continues"]) for r in chain] == [("whole right", False)]
+    step = training_pairs(chain_pairs, steps, "step", SEP).to_pylist()
+    assert step == [{"prompt": "P\n2+3=5.\n", "chosen": "5*4=20." + SEP, "rejected": "5*4=21." + SEP, "problem_id": "p1",
+                     "stage": "generation", "margin": 1.0, "continues": True}]  # the policy goes on after the step
+    assert training_pairs(chain_pairs, steps, "both", SEP).column("continues").to_pylist() == [False, True]
 
 
-def test_training_on_step_pairs_needs_the_step_pairs_stage():
-    from infra.config import RunConfig, apply_overrides
+def test_a_step_is_trained_without_an_end_of_sequence_token_and_trl_refuses_step_pairs(tmp_path):
+    """Trained with <eos> after the step, RPO taught tiny-small to stop after one step: a 1-round
+    evolve with train.pair_level=step broke 1,187 of 2,000 held-out problems its parent solved."""
+    from infra.backends.tiny import NAMED
+    from infra.config import TrainConfig
+    from infra.tiny.hf import load_pretrained
+    from infra.trainers import TrainError, TrainJob
+    from infra.trainers.base import prepare
+    from infra.trainers.tiny import EOS, encode
+    from infra.trainers.trl import train_here
 
-    with pytest.raises(Exception, match="train.pair_level='step' trains on step pairs: it needs step_pairs.enabled"):
-        RunConfig.model_validate(apply_overrides({}, {"train.enabled": True, "train.pair_level": "step", "step_pairs.enabled": False}))
-    assert RunConfig.model_validate(apply_overrides({}, {"train.enabled": True, "train.pair_level": "both"})).train.pair_level == "both"
+    rows = [{"prompt": "P", "chosen": "a=1.\n", "rejected": "a=2.\n", "problem_id": f"p{i}", "continues": True} for i in range(4)]
+    data = prepare(TrainJob(policy_dir=tmp_path, reference_dir=tmp_path, pairs=rows, cfg=TrainConfig(val_share=0.0),
+                            out_dir=tmp_path / "o"))
+    assert data.train_pairs and all(p["continues"] for p in data.train_pairs)
+    tok = load_pretrained(NAMED["small"])[1]
+    ids, mask = encode(tok, "P", "a=1.\n", 64, eos=False)
+    assert ids[-1] != EOS and mask[-1] and encode(tok, "P", "a=1.\n", 64)[0][-1] == EOS
+    with pytest.raises(TrainError, match="end-of-sequence token.*train.kind tiny"):
+        train_here(TrainJob(policy_dir=tmp_path, reference_dir=tmp_path, pairs=rows, cfg=TrainConfig(kind="trl", val_share=0.0),
+                            out_dir=tmp_path / "t"))
