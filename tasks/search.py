@@ -59,7 +59,8 @@ def _seed(seed: int, problem_id: str, steps: list[str]) -> int:
     return int(stable_id(seed, problem_id, *steps)[:8], 16)
 
 
-def _prefix(steps: list[str], sep: str) -> str:
+def prefix_text(steps: list[str], sep: str) -> str:
+    """The text a chain's next step is sampled after: its steps, each ended by the separator."""
     return sep.join(steps) + sep if steps else ""
 
 
@@ -109,7 +110,7 @@ def pruned_search(
                 requests.append(
                     GenRequest(
                         prompt=p.prompt,
-                        prefix=_prefix(c.steps, sep),
+                        prefix=prefix_text(c.steps, sep),
                         n=cfg.candidates,
                         temperature=cfg.temperature,
                         top_p=cfg.top_p,

@@ -30,13 +30,10 @@ import pyarrow as pa
 
 from infra.schemas import from_rows, require, stable_id
 from tasks.runner import ConfigView, Engines
+from tasks.search import prefix_text
 
 STAGE = "step_pairs"
 NEEDED = ["chain_id", "problem_id", "stage", "branch", "prompt", "steps", "step_scores", "correct", "parent_chain_id"]
-
-
-def _prefix(steps: list[str], sep: str) -> str:
-    return sep.join(steps) + sep if steps else ""
 
 
 def _diverge(a: list[str], b: list[str]) -> int | None:
@@ -54,7 +51,7 @@ def _row(run_id: str, source: str, good: dict, bad: dict, depth: int, prompt: st
         "problem_id": good["problem_id"],
         "stage": good["stage"],
         "source": source,
-        "prompt": prompt + _prefix(good["steps"][:depth], sep),
+        "prompt": prompt + prefix_text(good["steps"][:depth], sep),
         "depth": depth,
         "chosen": good["steps"][depth],
         "rejected": bad["steps"][depth],
