@@ -480,7 +480,7 @@ def evolve(
     if rounds < 1:
         console.print(f"[red]--rounds must be at least 1, got {rounds}[/red]", soft_wrap=True)
         raise typer.Exit(2)
-    from flows.evolve import EvolveError, RoundRejected, accuracy_by_round, new_evolve_id, sphere_evolve
+    from flows.evolve import EvolveError, RoundRejected, new_evolve_id, sphere_evolve
     from infra.trainers import TrainError
 
     overrides, cfg, root = _setup(config, n, sets, data_root, forced={"train.enabled": True, "evaluate.enabled": True})
@@ -508,17 +508,37 @@ def evolve(
         console.print(f"evolve {evolve_id} failed: {_failure(e, root)}", style="red", soft_wrap=True, markup=False, highlight=False)
         console.print(hint, soft_wrap=True)
         raise typer.Exit(1)
-    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})")
-    for col in ("round", "model", "accuracy", "95% CI", "n"):
-        t.add_column(col, justify="right" if col != "model" else "left")
-    for a in accuracy_by_round(record):
-        t.add_row(str(a["round"]), a["model"], f"{a['accuracy']:.3f}", f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]", str(a["n"]))
-    stdout.print(t)
+    stdout.print(_accuracy_table(record, evolve_id))
     c = record.get("comparison") or {}
     if c:
         stdout.print(f"McNemar round {c['from_round']} vs {c['to_round']}: {c['b_only']} fixed, {c['a_only']} broken, "
                         f"p = {c['p_value']:.2g} (n = {c['n']})")
     stdout.print(f"report: {record['report']}")
+
+
+def _accuracy_table(record: dict, evolve_id: str) -> Table:
+    """Held-out greedy accuracy per round: in-distribution, the out-of-distribution set when the
+    evolve has one, and the reference model's row (``evaluate.reference``) last."""
+    from flows.evolve import accuracy_by_round, reference_accuracy
+    from tasks.evaluate import is_ood
+
+    ood = {a["round"]: a for a in accuracy_by_round(record, ood=True)}
+    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})")
+    cols = ("round", "model", "accuracy", "95% CI", "n") + (("OOD acc", "OOD 95% CI") if ood else ())
+    for col in cols:
+        t.add_column(col, justify="right" if col != "model" else "left")
+
+    def cells(a: dict | None) -> list[str]:
+        return [f"{a['accuracy']:.3f}", f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]"] if a else ["", ""]
+
+    for a in accuracy_by_round(record):
+        t.add_row(str(a["round"]), a["model"], *cells(a), str(a["n"]), *(cells(ood.get(a["round"])) if ood else []))
+    ref = reference_accuracy(record)
+    ref_id = next((r for r in ref if not is_ood(r["dataset"])), None)
+    if ref_id:
+        ref_ood = next((r for r in ref if is_ood(r["dataset"])), None)
+        t.add_row("ref", ref_id["model"], *cells(ref_id), str(ref_id["n"]), *(cells(ref_ood) if ood else []))
+    return t
 
 
 @app.command()

@@ -37,7 +37,7 @@ from infra.locks import writer_lock
 from infra.storage import RunStore, atomic_write_text, read_json
 from infra.trainers import TrainDiverged
 from infra.trainers.base import nonfinite_weight
-from tasks.evaluate import mcnemar
+from tasks.evaluate import REFERENCE_ROUND, is_ood, mcnemar
 from tasks.evolve_record import promotion_refusal, round_overrides, settle_config
 from tasks.evolve_report import write_evolve_report
 from tasks.train import policy_checkpoint, trained_backend
@@ -77,9 +77,11 @@ def _diverged(e: BaseException) -> TrainDiverged | None:
     return next((c for c in getattr(e, "causes", ()) if isinstance(c, TrainDiverged)), None)
 
 
-def _items(root: Path, run_id: str) -> list[dict]:
+def _items(root: Path, run_id: str, ood: bool = False) -> list[dict]:
+    """A round's eval_items of the in-distribution (or ``ood``) held-out set."""
     store = RunStore(root, run_id)
-    return store.read_table("eval_items").to_pylist() if store.exists() else []
+    rows = store.read_table("eval_items").to_pylist() if store.exists() else []
+    return [i for i in rows if is_ood(i.get("dataset") or "") == ood]
 
 
 def _refusal(root: Path, evolve_id: str, round: int, model: dict, cfg: RunConfig) -> str | None:
@@ -96,6 +98,19 @@ def _refusal(root: Path, evolve_id: str, round: int, model: dict, cfg: RunConfig
     return f"model {model['model_id']}: {why}" if why else None
 
 
+def round_seeds(run_config: dict, round: int) -> dict:
+    """The seeds override of round ``round`` (``evolve.new_seeds``): built-in seeds with generator
+    seed ``seeds.seed + round``, so every round searches problems no earlier round saw; ``{}``
+    when the rounds share their problems."""
+    if not run_config.get("evolve", {}).get("new_seeds", True):
+        return {}
+    seeds = run_config["seeds"]
+    if seeds.get("kind") != "builtin":
+        raise EvolveError("evolve.new_seeds draws each round's problems from the built-in generator; with file seeds set "
+                          "evolve.new_seeds: false (every round then searches the same problems)")
+    return {"seeds": {**seeds, "seed": seeds["seed"] + round}}
+
+
 @flow(name="evolve-round", flow_run_name="round-{round}")
 def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, data_root: str) -> dict:
     """One round: the factory run with ``policy`` under the evolve's stored config, training and
@@ -103,7 +118,7 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
     run_id = f"{evolve_id}-r{round}"
     run = RunStore(Path(data_root), run_id)
     sets = round_overrides(run_config, {"train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
-                                        "policy": policy}, run.load_config() if run.exists() else None)
+                                        "policy": policy, **round_seeds(run_config, round)}, run.load_config() if run.exists() else None)
     stop = f"round {round} ({run_id})"
     keep = f"the model is not promoted and the policy stays {_policy_name(policy)}"
     try:
@@ -123,11 +138,20 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
     create_table_artifact(key=f"sphere-evolve-round-{round}", table=[{k: e.get(k) for k in shown} for e in evals],
                           description=f"Held-out accuracy, round {round} of {evolve_id}")
     result = {"round": round, "run_id": run_id, "policy": policy, "model": models[0], "evals": evals,
-              "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"]}
+              "counts": summary["counts"], "pairs_by_stage": summary["pairs_by_stage"], "frontier": frontier_share(store)}
     why = _refusal(root, evolve_id, round, models[0], cfg)
     if why:
         raise RoundRejected(f"{stop}: {why}; {keep}", result)
     return {**result, "next_policy": trained_backend(cfg.policy, models[0]["path"]).model_dump(mode="json")}
+
+
+def frontier_share(store: RunStore) -> dict | None:
+    """``{"problems", "kept", "share"}`` of the round's frontier filter (evolve.frontier), None when off."""
+    rows = store.read_table("frontier", "generation")
+    if rows.num_rows == 0:
+        return None
+    kept = sum(rows.column("kept").to_pylist())
+    return {"problems": rows.num_rows, "kept": kept, "share": kept / rows.num_rows}
 
 
 def _evolve_config(config_path: str, overrides: dict | None) -> RunConfig:
@@ -177,6 +201,7 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
     if rounds < 1:
         raise EvolveError(f"--rounds must be at least 1, got {rounds}")
     cfg = _evolve_config(config_path, overrides)  # validated before any work
+    round_seeds(cfg.model_dump(mode="json"), 0)  # file seeds with new_seeds: refused before any work
     evolve_id = _evolve_id(cfg.name, evolve_id)
     root = Path(data_root or cfg.data_root).resolve()
     path = _record_path(root, evolve_id)
@@ -212,28 +237,41 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
         progress.report("round", rounds, rounds)
         record["comparison"] = compare_rounds(root, record)
         record["comparisons"] = round_by_round(_correct_by_round(root, record))
+        record["comparisons_ood"] = round_by_round(_correct_by_round(root, record, ood=True))
         record["report"] = str(write_evolve_report(root, record))
         _write(path, record)
     create_markdown_artifact(key="sphere-evolve-report", markdown=evolve_markdown(record), description=f"Self-evolution {evolve_id}")
     return record
 
 
-def accuracy_by_round(record: dict) -> list[dict]:
-    """Greedy held-out accuracy of each round's model: round 0 = the starting policy."""
+def _accuracy(e: dict) -> dict:
+    return {"round": e["round"], "model": e["model"], "dataset": e.get("dataset") or "", "accuracy": e["value"], "ci_low": e["ci_low"],
+            "ci_high": e["ci_high"], "n": e["n"]}
+
+
+def accuracy_by_round(record: dict, ood: bool = False) -> list[dict]:
+    """Greedy held-out accuracy of each round's model (round 0 = the starting policy) on the
+    in-distribution held-out set, or (``ood``) the out-of-distribution one."""
     rows = {}
     for rnd in record["rounds"]:
         for e in rnd.get("evals", []):
-            if e["metric"] == "greedy":
-                rows[e["round"]] = {"round": e["round"], "model": e["model"], "accuracy": e["value"], "ci_low": e["ci_low"],
-                                    "ci_high": e["ci_high"], "n": e["n"]}
+            if e["metric"] == "greedy" and e["round"] >= 0 and is_ood(e.get("dataset") or "") == ood:
+                rows[e["round"]] = _accuracy(e)
     return [rows[k] for k in sorted(rows)]
 
 
-def _correct_by_round(root: Path, record: dict) -> dict[int, dict[str, bool]]:
+def reference_accuracy(record: dict) -> list[dict]:
+    """The reference model's (``evaluate.reference``) greedy accuracy on each held-out set."""
+    return [_accuracy(e) for rnd in record["rounds"] for e in rnd.get("evals", [])
+            if e["metric"] == "greedy" and e["round"] == REFERENCE_ROUND]
+
+
+def _correct_by_round(root: Path, record: dict, ood: bool = False) -> dict[int, dict[str, bool]]:
     by_round: dict[int, dict[str, bool]] = {}
     for rnd in record["rounds"]:
-        for it in RunStore(root, rnd["run_id"]).read_table("eval_items").to_pylist():
-            by_round.setdefault(it["round"], {})[it["problem_id"]] = it["correct"]
+        for it in _items(root, rnd["run_id"], ood):
+            if it["round"] >= 0:
+                by_round.setdefault(it["round"], {})[it["problem_id"]] = it["correct"]
     return by_round
 
 
@@ -254,9 +292,15 @@ def compare_rounds(root: Path, record: dict) -> dict:
 
 
 def evolve_markdown(record: dict) -> str:
-    lines = [f"# Self-evolution `{record['evolve_id']}`", "", "| round | model | held-out accuracy | 95% CI | n |", "|---|---|---|---|---|"]
-    lines += [f"| {a['round']} | {a['model']} | {a['accuracy']:.3f} | [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | {a['n']} |"
-              for a in accuracy_by_round(record)]
+    lines = [f"# Self-evolution `{record['evolve_id']}`", "", "| round | model | held-out accuracy | 95% CI | n | OOD accuracy | 95% CI |",
+             "|---|---|---|---|---|---|---|"]
+    ood = {a["round"]: a for a in accuracy_by_round(record, ood=True)}
+    for a in accuracy_by_round(record):
+        o = ood.get(a["round"])
+        lines.append(f"| {a['round']} | {a['model']} | {a['accuracy']:.3f} | [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | {a['n']} | "
+                     + (f"{o['accuracy']:.3f} | [{o['ci_low']:.3f}, {o['ci_high']:.3f}] |" if o else "| |"))
+    lines += [f"- reference {r['model']} on {r['dataset']}: {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+              for r in reference_accuracy(record)]
     lines += [f"- model {c['to_round']} vs model {c['from_round']}: {c['b_only']} fixed, {c['a_only']} broken, p = {c['p_value']:.2g}"
               for c in record.get("comparisons", [])]
     c = record.get("comparison") or {}

@@ -284,6 +284,9 @@ class StepPairsConfig(_Model):
                           "of one prefix, a step the scorer judges right vs one it judges wrong.")
     right_at: float = Field(0.75, ge=0, le=1, description="A step scored at or above this is judged right.")
     wrong_at: float = Field(0.25, ge=0, le=1, description="A step scored at or below this is judged wrong.")
+    candidates: bool = Field(True, description="Also pair, at every node of the search (one prefix, one depth), each "
+                             "candidate judged right with each judged wrong, not only the MAX and MIN picks.")
+    max_per_node: int = Field(4, ge=1, le=64, description="Most candidate pairs from one node (the widest score gaps first).")
 
     @model_validator(mode="after")
     def _apart(self) -> "StepPairsConfig":
@@ -369,6 +372,12 @@ class EvaluateConfig(_Model):
     k: int = Field(1, ge=1, le=64, description="Samples per problem for maj@k and pass@k (1: greedy accuracy only).")
     temperature: float = Field(0.8, ge=0, description="Sampling temperature of the k samples.")
     max_tokens: int = Field(320, ge=8, description="Token budget of one whole solution.")
+    ood: Optional[BuiltinSeeds] = Field(
+        None, description="Out-of-distribution held-out problems evaluated beside the in-distribution ones (built-in "
+        "generator; its min_steps must exceed the training seeds' max_steps). Their rows' dataset starts with 'ood:'.")
+    reference: Optional[BackendConfig] = Field(
+        None, description="A fixed model evaluated once (in round 0) on the same held-out problems as a reference line, e.g. "
+        "the strong shipped policy {kind: tiny, checkpoint: policy}; its evals rows have round -1. It is never trained.")
 
 
 class EvolveConfig(_Model):
@@ -381,6 +390,14 @@ class EvolveConfig(_Model):
         "the model gets wrong than the reverse, with p < worse_alpha. Otherwise the evolve stops and keeps the parent. "
         "False: promote every finite model.")
     worse_alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the not-worse test (require_not_worse).")
+    new_seeds: bool = Field(
+        True, description="Each round trains on new problems: round r's built-in seeds use generator seed seeds.seed + r "
+        "(with file seeds set it false: a file has no generator). False: every round searches the same problems.")
+    frontier: bool = Field(
+        False, description="Keep only the round's frontier problems: those whose solve rate under the round's own sampling "
+        "(frontier_samples whole solutions at search.temperature, before the search) is strictly between 0 and 1. The "
+        "others get no chains; the share kept is in the run summary and the evolve report.")
+    frontier_samples: int = Field(4, ge=2, le=64, description="Whole solutions sampled per problem to estimate its solve rate (frontier).")
 
 
 class RunConfig(_Model):
@@ -414,6 +431,14 @@ class RunConfig(_Model):
     def _step_pairs_for_training(self):
         if self.train.enabled and self.train.pair_level != "chain" and not self.step_pairs.enabled:
             raise ValueError(f"train.pair_level={self.train.pair_level!r} trains on step pairs: it needs step_pairs.enabled: true")
+        return self
+
+    @model_validator(mode="after")
+    def _ood_outside_training(self):
+        ood = self.evaluate.ood
+        if ood is not None and isinstance(self.seeds, BuiltinSeeds) and ood.min_steps <= self.seeds.max_steps:
+            raise ValueError(f"evaluate.ood.min_steps ({ood.min_steps}) must exceed seeds.max_steps ({self.seeds.max_steps}): "
+                             "out-of-distribution problems need more operations than any training problem")
         return self
 
     def get(self, dotted: str):

@@ -51,6 +51,8 @@ CHAINS = pa.schema(
         ("sampled_tokens", pa.int64()),
         ("parent_chain_id", pa.string()),
         ("error", pa.string()),
+        ("step_candidates", pa.list_(pa.list_(pa.string()))),  # per step: the candidates scored at its node ([] if none)
+        ("candidate_scores", pa.list_(pa.list_(pa.float64()))),  # their scores (unknown_score where not judgeable)
     ]
 )
 
@@ -78,7 +80,7 @@ STEP_PAIRS = pa.schema(
         ("pair_id", pa.string()),
         ("problem_id", pa.string()),
         ("stage", pa.string()),  # the stage whose chains hold the two steps
-        ("source", pa.string()),  # search | correction
+        ("source", pa.string()),  # search | candidates | correction
         ("prompt", pa.string()),  # the solve prompt followed by the shared prefix steps
         ("depth", pa.int32()),  # index of the two steps (= number of prefix steps)
         ("chosen", pa.string()),
@@ -113,6 +115,18 @@ METRICS = pa.schema(
         ("n", pa.int64()),
     ]
 )
+
+FRONTIER = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("samples", pa.int32()),  # whole solutions sampled from the policy at the search temperature
+        ("solved", pa.int32()),  # of them, how many reached the gold answer
+        ("solve_rate", pa.float64()),
+        ("kept", pa.bool_()),  # 0 < solve_rate < 1: searched; otherwise routed off_frontier
+    ]
+)
+"""The policy's frontier (evolve.frontier): one row per problem of a generation shard; empty when off."""
 
 ROUTES = pa.schema(
     [
@@ -235,6 +249,7 @@ SCHEMAS = {
     "chains": CHAINS,
     "pairs": PAIRS,
     "step_pairs": STEP_PAIRS,
+    "frontier": FRONTIER,
     "sft": SFT,
     "metrics": METRICS,
     "routes": ROUTES,

@@ -122,7 +122,7 @@ def _step_pairs(gxe) -> list:
     return [
         gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
         gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
-        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["search", "correction"]),
+        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["search", "candidates", "correction"]),
         gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0),
         gxe.ExpectColumnValuesToBeInSet(column="_chosen_ne_rejected", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="_both_nonempty", value_set=[True]),

@@ -133,14 +133,35 @@ def source_name(src: SeedsConfig) -> str:
     return f"builtin:seed={src.seed}:n={src.n}" if isinstance(src, BuiltinSeeds) else "file:" + ",".join(src.paths)
 
 
+OOD = "ood:"  # prefix of an out-of-distribution held-out set's dataset name
+REFERENCE_ROUND = -1  # the round of a reference model's evals rows (evaluate.reference)
+
+
 def dataset_name(section: EvaluateConfig, seeds: SeedsConfig) -> str:
     return source_name(held_out_seeds(section, seeds))
 
 
+def is_ood(dataset: str) -> bool:
+    """Whether an evals/eval_items row's dataset is the out-of-distribution held-out set."""
+    return dataset.startswith(OOD)
+
+
+def held_out_sets(section: EvaluateConfig, seeds: SeedsConfig, training_questions: set[str], *,
+                  run_id: str) -> list[tuple[str, pa.Table, int]]:
+    """``[(dataset name, problems, overlap removed)]``: the in-distribution held-out set, then
+    (``section.ood``) the out-of-distribution one, named ``ood:<source>``."""
+    out = [(dataset_name(section, seeds), *held_out(section, seeds, training_questions, run_id=run_id))]
+    if section.ood is not None:
+        ood = section.model_copy(update={"problems": section.ood, "n": section.ood.n})
+        out.append((OOD + source_name(section.ood), *held_out(ood, seeds, training_questions, run_id=run_id)))
+    return out
+
+
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE, retry_delay_seconds=2, retry_condition_fn=is_transient)
 def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
-    """Evaluate the checkpoint the round trained (and, in round 0, the policy it started from)
-    on the held-out problems -> ``evals`` and ``eval_items``. The policy's pool is the run's
+    """Evaluate the checkpoint the round trained (and, in round 0, the policy it started from
+    and ``evaluate.reference`` as round -1) on the held-out problems, in-distribution and
+    (``evaluate.ood``) out-of-distribution -> ``evals`` and ``eval_items``. The policy's pool is the run's
     (the one generation used, if still alive); each model's pool is closed after its
     evaluation (this is the last stage that needs it, and the next model needs the room)."""
     from infra.pool import close_pool, get_pool
@@ -152,18 +173,20 @@ def evaluate_task(run_dir: str, shard: str, config_hash: str) -> str:
           "held_out": source_hash(held_out_seeds(cfg.evaluate, cfg.seeds))}  # a held-out file's content, not only its path
     if not ctx.is_done(STAGE, shard, fp):
         training = {q.strip() for q in store.read_table("problems", "seeds").column("question").to_pylist()}
-        problems, overlap = held_out(cfg.evaluate, cfg.seeds, training, run_id=ctx.run_id)
-        dataset = dataset_name(cfg.evaluate, cfg.seeds)
+        sets = held_out_sets(cfg.evaluate, cfg.seeds, training, run_id=ctx.run_id)
         models = [(cfg.round, cfg.policy)] if cfg.round == 0 else []
         models += [(cfg.round + 1, trained_backend(cfg.policy, m["path"])) for m in store.read_table("models", "train").to_pylist()]
+        if cfg.round == 0 and cfg.evaluate.reference is not None:
+            models.append((REFERENCE_ROUND, cfg.evaluate.reference))
         evals, items, cost = [], [], Cost()
         for rnd, backend in models:
             pool = get_pool(backend, cfg.pool, run_dir)
-            e, i = evaluate_policy(problems, partial(pool.generate, cost=cost), cfg.evaluate, cfg.generation.prompt_template,
-                                   run_id=ctx.run_id, round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed,
-                                   overlap_removed=overlap)
+            for dataset, problems, overlap in sets:
+                e, i = evaluate_policy(problems, partial(pool.generate, cost=cost), cfg.evaluate, cfg.generation.prompt_template,
+                                       run_id=ctx.run_id, round=rnd, model=pool.model_name, dataset=dataset, seed=cfg.seed,
+                                       overlap_removed=overlap)
+                evals += e
+                items += i
             close_pool(backend, cfg.pool, run_dir)
-            evals += e
-            items += i
         ctx.commit(STAGE, shard, {"evals": from_rows(evals, "evals"), "eval_items": from_rows(items, "eval_items")}, fp, cost=cost)
     return str(store.part_path("evals", STAGE, shard))

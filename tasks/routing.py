@@ -6,6 +6,7 @@ Routes (SPHERE, DESIGN.md):
     both right            -> ``diversity_induction``
     MAX wrong, MIN right  -> ``mixed_drop`` or ``mixed_swap`` (config ``generation.mixed_outcome``)
     a chain missing       -> ``incomplete`` (e.g. quarantined by validation)
+    not searched          -> ``off_frontier`` (evolve.frontier: the policy solves it always or never)
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from tasks.rows import pair_row
 from tasks.runner import ConfigView, Engines, WorkShard
 
 STAGE = "routing"
-ROUTES = ("generation_pair", "self_correction", "diversity_induction", "mixed_drop", "mixed_swap", "incomplete")
+ROUTES = ("generation_pair", "self_correction", "diversity_induction", "mixed_drop", "mixed_swap", "incomplete", "off_frontier")
 WORKLIST_TARGETS = {"self_correction": "self_correction", "diversity_induction": "diversity"}  # route -> stage it feeds
 
 
-def route_problems(chains: pa.Table, problem_ids: list[str], *, run_id: str, mixed_outcome: str) -> pa.Table:
+def route_problems(chains: pa.Table, problem_ids: list[str], *, run_id: str, mixed_outcome: str,
+                   off_frontier: frozenset[str] = frozenset()) -> pa.Table:
     require(chains, "chains", ["problem_id", "branch", "correct", "stage"])
     by = {(r["problem_id"], r["branch"]): r["correct"] for r in chains.select(["problem_id", "branch", "correct"]).to_pylist()}
     rows = []
     for pid in problem_ids:
         mx, mn = by.get((pid, "max")), by.get((pid, "min"))
-        if mx is None or mn is None:
+        if pid in off_frontier:
+            route = "off_frontier"
+        elif mx is None or mn is None:
             route = "incomplete"
         elif mx and not mn:
             route = "generation_pair"
@@ -70,17 +74,22 @@ def worklists(problems: pa.Table, chains: pa.Table, routes: pa.Table, *, run_id:
     return {target: from_rows(rows, "worklist") for target, rows in out.items()}
 
 
-def route(problems: pa.Table, chains: pa.Table, section: GenerationStage, *, run_id: str) -> dict[str, pa.Table]:
+def route(problems: pa.Table, chains: pa.Table, section: GenerationStage, *, run_id: str,
+          frontier: pa.Table | None = None) -> dict[str, pa.Table]:
     """Route every problem by its generation chains: {"pairs" (generation pairs), "routes",
-    "worklist" (every routed problem, its ``target`` the stage it feeds)}."""
-    routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=run_id, mixed_outcome=section.mixed_outcome)
+    "worklist" (every routed problem, its ``target`` the stage it feeds)}. A problem whose
+    ``frontier`` row is not kept is routed ``off_frontier``."""
+    off = frozenset() if frontier is None else frozenset(
+        frontier.filter(pc.invert(frontier.column("kept"))).column("problem_id").to_pylist())
+    routes = route_problems(chains, problems.column("problem_id").to_pylist(), run_id=run_id, mixed_outcome=section.mixed_outcome,
+                            off_frontier=off)
     lists = worklists(problems, chains, routes, run_id=run_id)
     return {"pairs": generation_pairs(chains, routes, run_id=run_id), "routes": routes, "worklist": pa.concat_tables(list(lists.values()))}
 
 
 def routing_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: Engines) -> dict[str, pa.Table]:
     """The stage function (``tasks.runner``): one generation shard's problems routed."""
-    return route(inputs["problems"], inputs["chains"], config.generation, run_id=engines.run_id)
+    return route(inputs["problems"], inputs["chains"], config.generation, run_id=engines.run_id, frontier=inputs["frontier"])
 
 
 def consumers(outputs: dict[str, pa.Table], shard: str, config: ConfigView) -> dict:

@@ -51,6 +51,8 @@ def chain_row(c: Chain, problem: dict, *, stage: str, engine: Engine, template: 
         "prompt": prompt,
         "steps": c.steps,
         "step_scores": [engine.unknown_score if s is None else s for s in c.scores],
+        "step_candidates": c.candidates,
+        "candidate_scores": [[engine.unknown_score if s is None else s for s in node] for node in c.candidate_scores],
         "step_rewards": c.rewards,
         "n_steps": len(c.steps),
         "text": search.step_separator.join(c.steps),

@@ -11,6 +11,8 @@ Batching: all prefixes alive at one depth, across all problems, go to ``generate
 call, so a shard of 50 problems is one batch per depth. Seeds: a request's seed is a hash
 of (run seed, problem id, prefix), so the same prefix always gets the same candidates and
 results do not depend on sharding or batching. MAX and MIN share their first request.
+Every chain keeps, per step, the candidates scored at the node it was picked from and their
+scores (``Chain.candidates``): the trace ``tasks.step_pairs`` pairs right and wrong steps from.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class Chain:
     completion_tokens: int = 0
     sampled_tokens: int = 0
     error: str | None = None  # why the search of this problem failed (finish == "error")
+    # per step: the candidates the search scored at the node it was picked from, and their
+    # scores (None: not judgeable); [] for start steps kept from an earlier chain
+    candidates: list[list[str]] = field(default_factory=list)
+    candidate_scores: list[list[float | None]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -93,7 +99,9 @@ def pruned_search(
     for p in problems:
         if len(p.start_scores) != len(p.start_steps):
             raise ValueError(f"{p.problem_id}: {len(p.start_steps)} start steps but {len(p.start_scores)} start scores")
-    chains = [Chain(p.problem_id, b, list(p.start_steps), list(p.start_scores), list(p.start_scores)) for p in problems for b in branches]
+    chains = [Chain(p.problem_id, b, list(p.start_steps), list(p.start_scores), list(p.start_scores),
+                    candidates=[[] for _ in p.start_steps], candidate_scores=[[] for _ in p.start_steps])
+              for p in problems for b in branches]
     by_id = {p.problem_id: p for p in problems}
     sep = cfg.step_separator
     for depth in range(cfg.max_depth):
@@ -157,6 +165,8 @@ def pruned_search(
             c.steps.append(texts[pick])
             c.scores.append(scores[pick])
             c.rewards.append(rewards[pick])
+            c.candidates.append(list(texts))
+            c.candidate_scores.append(list(scores))
             c.completion_tokens += chosen.completion_tokens
             if extract_answer(texts[pick]) is not None:
                 c.finish = "answer"

@@ -12,6 +12,12 @@ Two sources, both read from the run's committed chains (no engine call):
   the same seeded candidates per prefix, so they share every step until the depth where
   the search picked a different candidate for each. At that depth, when MAX's step is
   judged right and MIN's wrong: a pair.
+* ``candidates`` (``step_pairs.candidates``): every node of the search — one prefix of one
+  problem's chain at one depth — holds the E candidates the scorer rated there
+  (``chains.step_candidates``). Each candidate judged right is paired with each judged wrong
+  at that node (the best-scored right with the worst-scored wrong first, at most
+  ``max_per_node`` pairs); never two steps of different prefixes. A node MAX and MIN share
+  is one node.
 * ``correction``: a self-correction chain keeps its failed parent's steps before the
   parent's first wrong step (``tasks.self_correction``) and continues from there. When the
   corrected chain reaches gold and its step at that depth is judged right while the
@@ -34,6 +40,7 @@ from tasks.search import prefix_text
 
 STAGE = "step_pairs"
 NEEDED = ["chain_id", "problem_id", "stage", "branch", "prompt", "steps", "step_scores", "correct", "parent_chain_id"]
+TRACE = ["step_candidates", "candidate_scores"]
 
 
 def _diverge(a: list[str], b: list[str]) -> int | None:
@@ -62,10 +69,35 @@ def _row(run_id: str, source: str, good: dict, bad: dict, depth: int, prompt: st
     }
 
 
-def step_pairs(chains: pa.Table, *, right_at: float, wrong_at: float, separator: str, run_id: str) -> pa.Table:
-    """Every step pair the chains hold (module docstring), in chain order."""
+def node_pairs(row: dict, *, right_at: float, wrong_at: float, separator: str, run_id: str, most: int) -> list[dict]:
+    """The ``candidates`` pairs of every node along one chain (module docstring). A chain whose
+    trace does not line up with its steps (an errored search) has none."""
+    steps, nodes, scores = row["steps"], row.get("step_candidates") or [], row.get("candidate_scores") or []
+    if len(nodes) != len(steps) or len(scores) != len(steps):
+        return []
+    out = []
+    for depth, (texts, values) in enumerate(zip(nodes, scores)):
+        first: dict[str, float] = {}
+        for t, v in zip(texts, values):
+            if t and v is not None and t not in first:
+                first[t] = v
+        right = sorted(((v, t) for t, v in first.items() if v >= right_at), key=lambda x: (-x[0], x[1]))
+        wrong = sorted(((v, t) for t, v in first.items() if v <= wrong_at), key=lambda x: (x[0], x[1]))
+        pairs = sorted(((g, b) for g in right for b in wrong), key=lambda p: (-(p[0][0] - p[1][0]), p[0][1], p[1][1]))[:most]
+        prompt = row["prompt"] + prefix_text(steps[:depth], separator)
+        out += [{"run_id": run_id, "pair_id": stable_id("step_pair", row["stage"], row["problem_id"], prompt, g, b),
+                 "problem_id": row["problem_id"], "stage": row["stage"], "source": "candidates", "prompt": prompt, "depth": depth,
+                 "chosen": g, "rejected": b, "chosen_score": gv, "rejected_score": bv, "chosen_chain_id": row["chain_id"],
+                 "rejected_chain_id": row["chain_id"]} for (gv, g), (bv, b) in pairs]
+    return out
+
+
+def step_pairs(chains: pa.Table, *, right_at: float, wrong_at: float, separator: str, run_id: str,
+               candidates: bool = False, max_per_node: int = 4) -> pa.Table:
+    """Every step pair the chains hold (module docstring), in chain order; one row per distinct
+    (prompt, chosen, rejected), the first source that made it kept (search, candidates, correction)."""
     require(chains, "chains", NEEDED)
-    rows = chains.select(NEEDED).to_pylist()
+    rows = chains.select(NEEDED + [c for c in TRACE if c in chains.column_names]).to_pylist()
     by_id = {r["chain_id"]: r for r in rows}
     out: list[dict] = []
     by_problem: dict[tuple[str, str], dict[str, dict]] = {}
@@ -78,6 +110,10 @@ def step_pairs(chains: pa.Table, *, right_at: float, wrong_at: float, separator:
         d = _diverge(mx["steps"], mn["steps"])
         if d is not None and mx["step_scores"][d] >= right_at and mn["step_scores"][d] <= wrong_at:
             out.append(_row(run_id, "search", mx, mn, d, mx["prompt"], separator))
+    if candidates:
+        for r in rows:
+            if r["stage"] != "self_correction":  # a correction's nodes continue from the review prompt, not the solve prompt
+                out += node_pairs(r, right_at=right_at, wrong_at=wrong_at, separator=separator, run_id=run_id, most=max_per_node)
     for r in rows:
         parent = by_id.get(r["parent_chain_id"]) if r["stage"] == "self_correction" else None
         if parent is None or not r["correct"]:
@@ -86,8 +122,8 @@ def step_pairs(chains: pa.Table, *, right_at: float, wrong_at: float, separator:
         if d is not None and r["steps"][:d] == parent["steps"][:d] and r["step_scores"][d] >= right_at \
                 and parent["step_scores"][d] <= wrong_at:
             out.append(_row(run_id, "correction", r, parent, d, parent["prompt"], separator))
-    seen: set[str] = set()
-    unique = [x for x in out if not (x["pair_id"] in seen or seen.add(x["pair_id"]))]
+    seen: set[tuple] = set()
+    unique = [x for x in out if not ((k := (x["prompt"], x["chosen"], x["rejected"])) in seen or seen.add(k))]
     return from_rows(unique, "step_pairs")
 
 
@@ -95,4 +131,5 @@ def step_pairs_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: E
     """The stage function (``tasks.runner``): the step pairs of every stage's chains."""
     section = config.step_pairs
     return {"step_pairs": step_pairs(inputs["chains"], right_at=section.right_at, wrong_at=section.wrong_at,
-                                     separator=config.search.step_separator, run_id=engines.run_id)}
+                                     separator=config.search.step_separator, run_id=engines.run_id,
+                                     candidates=section.candidates, max_per_node=section.max_per_node)}

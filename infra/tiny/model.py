@@ -150,7 +150,8 @@ def sample(
     The stop string is not included in ``text`` (OpenAI semantics).
     """
     enc = [[BOS, *tok.encode(p)] for p in prompts]
-    max_ctx = model.config.max_len - max_tokens
+    # the prompt keeps at least half the context: a budget past the context ends at max_len instead
+    max_ctx = max(model.config.max_len - max_tokens, model.config.max_len // 2)
     enc = [e[-max_ctx:] if len(e) > max_ctx else e for e in enc]
     lens = torch.tensor([len(e) for e in enc])
     t0 = int(lens.max())

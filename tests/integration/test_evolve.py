@@ -158,3 +158,39 @@ def test_a_model_significantly_worse_than_its_parent_is_not_promoted_unless_the_
     (r0,) = again["rounds"]
     assert r0["promoted"] is True and again["policy"] == r0["next_policy"] != start and "stopped" not in again
     assert again["config_changes"][-1]["changes"] == {"evolve.require_not_worse": {"old": True, "new": False}}
+
+
+def test_rounds_draw_new_problems_filter_to_the_frontier_and_evaluate_in_and_out_of_distribution(prefect_api, ray_local, tmp_path):
+    """Issue 21.2-3: each round searches new problems (evolve.new_seeds), only those its policy
+    solves sometimes but not always (evolve.frontier); every model is evaluated on the
+    in-distribution and the out-of-distribution held-out set, and the reference model once."""
+    from flows.evolve import accuracy_by_round, reference_accuracy, sphere_evolve
+    from tasks.evaluate import is_ood
+
+    cfg = str(ROOT / "configs" / "quickstart.yaml")
+    sets = {**SMALL, "seeds.n": 24, "evolve.frontier": True, "evolve.frontier_samples": 4, "evaluate.n": 30,
+            "evaluate.ood": {"kind": "builtin", "n": 20, "seed": 77, "min_steps": 7, "max_steps": 8},
+            "evaluate.reference": {"kind": "tiny", "checkpoint": "policy"}}
+    record = sphere_evolve(config_path=cfg, rounds=2, evolve_id="fr", data_root=str(tmp_path), overrides=sets)
+    stores = [RunStore(tmp_path, f"fr-r{r}") for r in (0, 1)]
+    questions = [set(s.read_table("problems").column("question").to_pylist()) for s in stores]
+    assert len(questions[0]) == len(questions[1]) == 24 and not questions[0] & questions[1]  # new problems each round
+    for store, rnd in zip(stores, record["rounds"]):
+        frontier = {r["problem_id"]: r for r in store.read_table("frontier").to_pylist()}
+        assert set(frontier) == set(store.read_table("problems").column("problem_id").to_pylist())
+        assert all(r["samples"] == 4 and r["kept"] == (0 < r["solved"] < 4) for r in frontier.values())
+        kept = {p for p, r in frontier.items() if r["kept"]}
+        assert {c["problem_id"] for c in store.read_table("chains", "generation").to_pylist()} == kept
+        routes = {r["problem_id"]: r["route"] for r in store.read_table("routes").to_pylist()}
+        assert {p for p, r in routes.items() if r == "off_frontier"} == set(frontier) - kept
+        assert rnd["frontier"] == {"problems": 24, "kept": len(kept), "share": len(kept) / 24}
+    # ID and OOD accuracy of models 0, 1, 2; the reference once (round -1) on both sets
+    assert [a["round"] for a in accuracy_by_round(record)] == [0, 1, 2]
+    ood = accuracy_by_round(record, ood=True)
+    assert [a["round"] for a in ood] == [0, 1, 2] and all(a["n"] == 20 and is_ood(a["dataset"]) for a in ood)
+    assert sorted(is_ood(r["dataset"]) for r in reference_accuracy(record)) == [False, True]
+    assert [c["to_round"] for c in record["comparisons_ood"]] == [1, 2]
+    ood_problems = [p for s in stores for p in s.read_table("eval_items").to_pylist() if is_ood(p["dataset"])]
+    assert not {p["problem_id"] for p in ood_problems} & {p for s in stores for p in s.read_table("problems").column("problem_id").to_pylist()}
+    report = Path(record["report"]).read_text()
+    assert "out-of-distribution" in report and "frontier kept" in report and "reference" in report

@@ -103,10 +103,15 @@ def test_step_pairs_hold_one_right_and_one_wrong_step_after_the_same_prefix_and_
     store = RunStore(root, "it-run")
     chains = {c["chain_id"]: c for c in store.read_table("chains").to_pylist()}
     steps = store.read_table("step_pairs").to_pylist()
-    assert {p["source"] for p in steps} == {"search", "correction"} and summary["counts"]["step_pairs"] == len(steps)
+    assert {p["source"] for p in steps} == {"search", "candidates", "correction"} and summary["counts"]["step_pairs"] == len(steps)
     for p in steps:
         good, bad = chains[p["chosen_chain_id"]], chains[p["rejected_chain_id"]]
         d = p["depth"]
+        if p["source"] == "candidates":  # two candidates the search scored at one node of this chain's prefix
+            scored = dict(zip(good["step_candidates"][d], good["candidate_scores"][d]))
+            assert scored[p["chosen"]] == p["chosen_score"] >= 0.75 and scored[p["rejected"]] == p["rejected_score"] <= 0.25
+            assert p["prompt"] == good["prompt"] + "".join(s + "\n\n" for s in good["steps"][:d])
+            continue
         assert good["steps"][:d] == bad["steps"][:d] and (p["chosen"], p["rejected"]) == (good["steps"][d], bad["steps"][d])
         assert good["step_scores"][d] >= 0.75 and bad["step_scores"][d] <= 0.25
         solve = bad["prompt"] if p["source"] == "correction" else good["prompt"]  # a correction trains under the solve prompt

@@ -135,3 +135,39 @@ def test_every_evals_row_carries_the_overlap_count_and_no_metric_is_made_up_for_
     assert all(e["overlap_removed"] == 7 and e["n"] == 43 for e in evals)
     table = from_rows(evals, "evals")
     assert table.schema.field("overlap_removed").type == "int64" and table.column("overlap_removed").null_count == 0
+
+
+def test_the_ood_set_lies_outside_the_training_range_and_shares_no_question_with_training():
+    from infra.config import RunConfig, apply_overrides
+    from tasks.evaluate import held_out_sets, is_ood
+    from tasks.seeds import load_seeds
+
+    cfg = RunConfig.model_validate(apply_overrides({}, {"seeds": {"kind": "builtin", "n": 300, "max_steps": 4}, "evaluate.n": 200,
+                                                        "evaluate.ood": {"kind": "builtin", "n": 150, "min_steps": 5, "max_steps": 6}}))
+    training, _ = load_seeds(cfg.seeds, "r")
+    sets = held_out_sets(cfg.evaluate, cfg.seeds, set(training.column("question").to_pylist()), run_id="r")
+    (id_name, id_problems, _), (ood_name, ood_problems, _) = sets
+    assert not is_ood(id_name) and is_ood(ood_name) and ood_problems.num_rows == 150
+    assert min(ood_problems.column("n_ops").to_pylist()) > max(training.column("n_ops").to_pylist())
+    assert not set(ood_problems.column("question").to_pylist()) & set(training.column("question").to_pylist())
+    with pytest.raises(Exception, match="evaluate.ood.min_steps .* must exceed seeds.max_steps"):
+        RunConfig.model_validate(apply_overrides({}, {"seeds": {"kind": "builtin", "max_steps": 6}, "evaluate.ood": {"kind": "builtin", "min_steps": 6, "max_steps": 8}}))
+
+
+def test_the_evolve_table_shows_ood_beside_each_round_and_the_reference_last():
+    from rich.console import Console
+
+    from flows.cli import _accuracy_table
+
+    def ev(rnd, dataset, value, model="m"):
+        return {"round": rnd, "model": model, "dataset": dataset, "metric": "greedy", "value": value, "ci_low": value - 0.01,
+                "ci_high": value + 0.01, "n": 100}
+
+    record = {"rounds": [{"evals": [ev(0, "builtin:seed=1", 0.5), ev(1, "builtin:seed=1", 0.6), ev(0, "ood:builtin:seed=2", 0.01),
+                                    ev(1, "ood:builtin:seed=2", 0.03), ev(-1, "builtin:seed=1", 0.83, "strong"),
+                                    ev(-1, "ood:builtin:seed=2", 0.07, "strong")]}]}
+    console = Console(width=100, record=True)
+    console.print(_accuracy_table(record, "ev"))
+    rows = [ln for ln in console.export_text().splitlines() if ln.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "ref"]
+    assert "0.600" in rows[1] and "0.030" in rows[1] and "strong" in rows[2] and "0.830" in rows[2] and "0.070" in rows[2]

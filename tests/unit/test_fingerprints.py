@@ -59,7 +59,8 @@ def _variants(path: str, value):
         return [value[:-1], value + value]
     if isinstance(value, dict):
         return [{**value, "changed": 1}]
-    return [8, 0.5, "changed", {"kind": "tiny"}, {"kind": "builtin"}, {"kind": "vllm", "model": "m"}, {"x": 1.0}]  # unset optional
+    return [8, 0.5, "changed", {"kind": "tiny"}, {"kind": "builtin"}, {"kind": "builtin", "min_steps": 12, "max_steps": 12},
+            {"kind": "vllm", "model": "m"}, {"x": 1.0}]  # unset optional
 
 
 TAGGED = {"seeds.kind": TAG_CHOICES["seeds"], "policy.kind": BACKEND_KINDS, "diversity.small_policy.kind": BACKEND_KINDS}

@@ -104,3 +104,90 @@ def test_a_step_is_trained_without_an_end_of_sequence_token_and_trl_refuses_step
     with pytest.raises(TrainError, match="end-of-sequence token.*train.kind tiny"):
         train_here(TrainJob(policy_dir=tmp_path, reference_dir=tmp_path, pairs=rows, cfg=TrainConfig(kind="trl", val_share=0.0),
                             out_dir=tmp_path / "t"))
+
+
+# --- pairs from every scored candidate of the search (step_pairs.candidates) ---------------------
+
+def traced(cid, branch, steps, nodes, *, stage="generation", pid="p1", prompt="Q: ?\nA:\n"):
+    """A chain row with its search trace: ``nodes[d]`` = [(candidate, score), ...] at step d's node."""
+    row = chain(cid, stage, branch, steps, [dict(n)[s] for s, n in zip(steps, nodes)], pid=pid, prompt=prompt)
+    return {**row, "step_candidates": [[t for t, _ in n] for n in nodes], "candidate_scores": [[v for _, v in n] for n in nodes]}
+
+
+def node_pairs_of(*rows, most=64):
+    cols = NEEDED + ["step_candidates", "candidate_scores"]
+    table = pa.Table.from_pylist(list(rows), schema=pa.schema([CHAINS.field(n) for n in cols]))
+    got = step_pairs(table, right_at=0.75, wrong_at=0.25, separator=SEP, run_id="r", candidates=True, max_per_node=most)
+    return got.to_pylist()
+
+
+def test_every_right_candidate_pairs_with_every_wrong_one_at_its_node_and_never_across_prefixes():
+    # depth 0: one node shared by MAX and MIN (3 right-ish/wrong candidates); depth 1: MAX's and MIN's own nodes
+    root = [("a=5.", 1.0), ("a=6.", 0.0), ("a=7.", 0.1), ("a=?", 0.5)]
+    mx_node = [("b=10.", 0.9), ("b=11.", 0.2)]
+    mn_node = [("b=12.", 1.0), ("b=13.", 0.0), ("b=14.", 0.0)]
+    mx = traced("mx", "max", ["a=5.", "b=10."], [root, mx_node])
+    mn = traced("mn", "min", ["a=6.", "b=13."], [root, mn_node])
+    got = node_pairs_of(mx, mn)  # the divergence pair (a=5. vs a=6.) comes as a search pair, the rest as candidates pairs
+    by_prompt = {}
+    for p in got:
+        by_prompt.setdefault(p["prompt"], set()).add((p["chosen"], p["rejected"]))
+    p0 = "Q: ?\nA:\n"
+    assert by_prompt == {
+        p0: {("a=5.", "a=6."), ("a=5.", "a=7.")},  # the shared node once; 'a=?' (0.5) is neither right nor wrong
+        p0 + "a=5." + SEP: {("b=10.", "b=11.")},  # MAX's prefix
+        p0 + "a=6." + SEP: {("b=12.", "b=13."), ("b=12.", "b=14.")},  # MIN's prefix: its own candidates only
+    }
+    assert all(p["chosen_score"] >= 0.75 and p["rejected_score"] <= 0.25 for p in got)
+    assert {p["depth"] for p in got if p["prompt"] == p0} == {0}
+    # the MAX/MIN divergence pair is kept once, as a search pair, not again as a candidates pair
+    search = [p for p in node_pairs_of(mx, mn) if p["source"] == "search"]
+    assert [(p["chosen"], p["rejected"]) for p in search] == [("a=5.", "a=6.")]
+    assert len(node_pairs_of(mx, mn)) == 5
+
+
+def test_max_per_node_keeps_the_widest_score_gaps_first():
+    node = [("x=1.", 0.8), ("x=2.", 1.0), ("x=3.", 0.2), ("x=4.", 0.0)]
+    got = node_pairs_of(traced("mx", "max", ["x=2."], [node]), most=2)
+    assert [(p["chosen"], p["rejected"]) for p in got] == [("x=2.", "x=4."), ("x=1.", "x=4.")]
+
+
+def test_a_trace_that_does_not_line_up_with_the_steps_makes_no_candidate_pair():
+    row = traced("mx", "max", ["a=5."], [[("a=5.", 1.0), ("a=6.", 0.0)]])
+    row = {**row, "steps": ["a=5.", "b"], "step_scores": [1.0, 1.0]}  # an errored search: steps without nodes
+    assert node_pairs_of(row) == []
+
+
+def test_the_search_records_every_scored_candidate_of_each_pick():
+    from infra.backends.base import GenResult
+    from infra.config import SearchConfig
+    from tasks.search import SearchProblem, pruned_search
+    from tasks.scorers import ScoreItem
+
+    class Gen:
+        def __call__(self, requests):
+            out = []
+            for r in requests:
+                depth = r.prefix.count(SEP)
+                texts = [f"s{depth}={i}." if depth < 1 else f"#### {i}" for i in range(r.n)]
+                out.append(GenResult(completions=[_completion(t) for t in texts], prompt_tokens=3))
+            return out
+
+    class Scorer:
+        name, needs_logprobs = "fixed", False
+
+        def score_batch(self, items: list[ScoreItem]):
+            return [[1.0 - i / 4 for i in range(len(it.candidates))] for it in items]
+
+    cfg = SearchConfig(candidates=3, max_depth=4, step_separator=SEP)
+    chains = pruned_search([SearchProblem("p", "q", "P:", "0")], Gen(), Scorer(), cfg, seed=0, unknown_score=0.5)
+    mx = next(c for c in chains if c.branch == "max")
+    assert len(mx.candidates) == len(mx.steps) == 2
+    assert mx.candidates[0] == ["s0=0.", "s0=1.", "s0=2."] and mx.candidate_scores[0] == [1.0, 0.75, 0.5]
+    assert mx.steps[0] in mx.candidates[0] and mx.steps[1] in mx.candidates[1]
+
+
+def _completion(text):
+    from infra.backends.base import Completion
+
+    return Completion(text=text, completion_tokens=2, finish_reason="stop")

@@ -37,3 +37,14 @@ def test_stop_is_honoured_and_excluded(lm):
         assert "\n\n" not in o.text
         assert o.finish_reason in ("stop", "eos", "length")
         assert len(o.logprobs) == len(o.token_ids) and all(lp <= 0 for lp in o.logprobs)
+
+
+def test_a_budget_past_the_context_keeps_the_prompt_and_stops_at_the_context_end(lm):
+    """Before: max_tokens > max_len made the prompt crop negative, so every prompt was cut to
+    nothing and sampling raised IndexError (the frontier filter's first budget hit it)."""
+    model, tok, _ = lm
+    prompt = "Question: Tom has 5 pens. He buys 3 more. How many pens does Tom have now?\nAnswer:\n"
+    for budget in (model.config.max_len, model.config.max_len + 200):
+        out = sample(model, tok, [prompt], [1], temperature=0.0, top_p=1.0, max_tokens=budget, stop=[])[0]
+        assert out.text and out.prompt_tokens == len(tok.encode(prompt)) + 1  # the whole prompt (and BOS), not cropped
+        assert out.prompt_tokens + len(out.token_ids) <= model.config.max_len
