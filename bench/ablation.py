@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from infra.storage import RunStore  # noqa: E402  (bench script: the project root goes on sys.path first)
-from tasks.evaluate import mcnemar  # noqa: E402
+from tasks.evaluate import is_ood, mcnemar  # noqa: E402
 
 ALL = '["generation","self_correction","diversity"]'
 ARMS = {
@@ -50,8 +50,8 @@ def rerun(data_root: Path, run: str, sets: dict) -> float:
 
 
 def results(store: RunStore) -> tuple[dict, dict, dict, dict]:
-    evals = [e for e in store.read_table("evals").to_pylist() if e["metric"] == "greedy"]
-    items = store.read_table("eval_items").to_pylist()
+    evals = [e for e in store.read_table("evals").to_pylist() if e["metric"] == "greedy" and not is_ood(e["dataset"])]
+    items = [i for i in store.read_table("eval_items").to_pylist() if not is_ood(i["dataset"])]  # in-distribution only
     start = next(e for e in evals if e["round"] == 0)
     trained = next(e for e in evals if e["round"] == 1)
     by = {r: {i["problem_id"]: i["correct"] for i in items if i["round"] == r} for r in (0, 1)}

@@ -509,35 +509,41 @@ def evolve(
         console.print(hint, soft_wrap=True)
         raise typer.Exit(1)
     stdout.print(_accuracy_table(record, evolve_id))
+    for key, label in (("comparisons", ""), ("comparisons_ood", " (OOD)")):
+        for c in record.get(key, []):  # every model against the one its round started from
+            stdout.print(f"McNemar model {c['to_round']} vs {c['from_round']}{label}: {c['b_only']} fixed, {c['a_only']} broken, "
+                         f"p = {c['p_value']:.2g} (n = {c['n']})", soft_wrap=True)
     c = record.get("comparison") or {}
     if c:
         stdout.print(f"McNemar round {c['from_round']} vs {c['to_round']}: {c['b_only']} fixed, {c['a_only']} broken, "
-                        f"p = {c['p_value']:.2g} (n = {c['n']})")
-    stdout.print(f"report: {record['report']}")
+                     f"p = {c['p_value']:.2g} (n = {c['n']})", soft_wrap=True)
+    stdout.print(f"report: {record['report']}", soft_wrap=True)
 
 
 def _accuracy_table(record: dict, evolve_id: str) -> Table:
     """Held-out greedy accuracy per round: in-distribution, the out-of-distribution set when the
-    evolve has one, and the reference model's row (``evaluate.reference``) last."""
+    evolve has one, and the reference model's row (``evaluate.reference``) last. One line per
+    model at 80 columns (accuracy and its 95% CI in one cell)."""
+    from rich import box
+
     from flows.evolve import accuracy_by_round, reference_accuracy
     from tasks.evaluate import is_ood
 
     ood = {a["round"]: a for a in accuracy_by_round(record, ood=True)}
-    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})")
-    cols = ("round", "model", "accuracy", "95% CI", "n") + (("OOD acc", "OOD 95% CI") if ood else ())
-    for col in cols:
-        t.add_column(col, justify="right" if col != "model" else "left")
+    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("round", "model", "accuracy (95% CI)", "n") + (("OOD accuracy (95% CI)",) if ood else ()):
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
 
-    def cells(a: dict | None) -> list[str]:
-        return [f"{a['accuracy']:.3f}", f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}]"] if a else ["", ""]
+    def cell(a: dict | None) -> str:
+        return f"{a['accuracy']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})" if a else ""
 
     for a in accuracy_by_round(record):
-        t.add_row(str(a["round"]), a["model"], *cells(a), str(a["n"]), *(cells(ood.get(a["round"])) if ood else []))
+        t.add_row(str(a["round"]), a["model"], cell(a), str(a["n"]), *([cell(ood.get(a["round"]))] if ood else []))
     ref = reference_accuracy(record)
     ref_id = next((r for r in ref if not is_ood(r["dataset"])), None)
     if ref_id:
         ref_ood = next((r for r in ref if is_ood(r["dataset"])), None)
-        t.add_row("ref", ref_id["model"], *cells(ref_id), str(ref_id["n"]), *(cells(ref_ood) if ood else []))
+        t.add_row("ref", ref_id["model"], cell(ref_id), str(ref_id["n"]), *([cell(ref_ood)] if ood else []))
     return t
 
 

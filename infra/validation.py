@@ -145,7 +145,7 @@ def _sft(gxe) -> list:
 def _metrics(gxe) -> list:
     return [  # value may be NaN (e.g. ops_per_problem when no problem states its operations)
         gxe.ExpectColumnValuesToNotBeNull(column="stage"),
-        gxe.ExpectColumnValuesToBeInSet(column="table", value_set=["chains", "pairs", "sft"]),
+        gxe.ExpectColumnValuesToBeInSet(column="table", value_set=["chains", "pairs", "step_pairs", "sft"]),
         gxe.ExpectColumnValuesToNotBeNull(column="metric"),
         gxe.ExpectColumnValueLengthsToBeBetween(column="metric", min_value=1),
         gxe.ExpectColumnValuesToBeOfType(column="value", type_="float64"),

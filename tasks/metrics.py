@@ -6,14 +6,16 @@ so one problem's rows arrive together), embeds them in batches and accumulates a
 ``StageStats`` per stage; ``metric_rows`` turns those into rows ``(run_id, stage, table,
 metric, value, n)``. The wrapper, ``compute_metrics(store, section, dedup, embedder)``,
 owns DuckDB (one sorted query per committed part, in ``batch_rows`` batches) and the
-embeddings file, for every stage x table (``chains``, ``pairs``, ``sft``). Memory is
+embeddings file, for every stage x table (``chains``, ``pairs``, ``step_pairs``, ``sft``). Memory is
 bounded by the batch size and the d x d accumulators, not by the number of rows
 (bench/vendi_bench.py measures it).
 
 - Quality: ``accuracy`` (chains whose answer matches gold), ``mean_step_score``,
   ``arith_valid_step_share`` (steps whose equations hold, among checkable steps),
   ``parse_failure_rate`` (chains stating no answer, or whose search failed: error rows), ``pair_validity`` (pairs kept by their
-  suite over kept + quarantined), ``mean_margin``.
+  suite over kept + quarantined), ``mean_margin``; for step pairs (text: the chosen step)
+  ``mean_margin`` is the chosen minus the rejected step's score, with ``pairs_per_problem``,
+  ``mean_depth`` and ``candidate_share`` (pairs from the search's other candidates).
 - Diversity: ``vendi_q{0.5,1,2}`` (Vendi over sentence embeddings), ``vendi_ngram_q1``
   (over hashed word 1-2-grams), ``distinct_{1,2,3}``, ``compression_ratio`` (gzip bytes /
   raw bytes; lower = more repetitive), ``near_duplicate_rate`` (rows with a MinHash
@@ -298,6 +300,9 @@ class StageStats:
                 s["n_ops"] += 1
         if "margin" in rows[0]:
             self.sums["margin"] += sum(r["margin"] for r in rows)
+        if "depth" in rows[0]:
+            self.sums["depth"] += sum(r["depth"] for r in rows)
+            self.sums["from_candidates"] += sum(r["source"] == "candidates" for r in rows)
 
     def result(self, kind: str, quarantined: int = 0) -> dict[str, float]:
         n, s = self.n, self.sums
@@ -318,6 +323,9 @@ class StageStats:
         if kind == "pairs":
             out["pair_validity"] = n / (n + quarantined) if n + quarantined else 0.0
             out["mean_margin"] = s["margin"] / n if n else 0.0
+        if kind == "step_pairs" and n:  # margin: chosen step's score minus rejected step's
+            out.update({"pairs_per_problem": n / self.problems, "mean_margin": s["margin"] / n, "mean_depth": s["depth"] / n,
+                        "candidate_share": s["from_candidates"] / n})
         return out
 
 
@@ -475,6 +483,11 @@ def compute_metrics(store: RunStore, section: MetricsConfig, dedup: DedupConfig,
            f"FROM read_parquet({{src}}) x {emb + 'x.chosen_chain_id' if has_emb else ''} ORDER BY x.stage, x.problem_id, x.pair_id")
     rows += metric_rows(store.run_id, "pairs", stage_stats(readers(sql, pairs), embedder, section, dedup), _quarantined_pairs(con, store))
 
+    steps = store.committed_parts("step_pairs")  # texts: the chosen steps (embedded here: no chain holds them whole)
+    sql = ("SELECT x.stage, x.problem_id, x.pair_id AS chain_id, x.chosen AS text, x.chosen_score - x.rejected_score AS margin, "
+           "x.depth, x.source FROM read_parquet({src}) x ORDER BY x.stage, x.problem_id, x.pair_id")
+    rows += metric_rows(store.run_id, "step_pairs", stage_stats(readers(sql, steps), embedder, section, dedup))
+
     sft = store.committed_parts("sft")
     sql = (f"SELECT 'sft' AS stage, x.problem_id, x.sft_id AS chain_id, x.completion AS text, {emb_col} "
            f"FROM read_parquet({{src}}) x {emb + 'x.chain_id' if has_emb else ''} ORDER BY x.problem_id, x.sft_id")
@@ -505,7 +518,7 @@ def metrics_task(run_dir: str, shard: str, config_hash: str) -> str:
     it like every stage's output (its suite, quarantine and validation rows, the stage marker,
     which records the embedder); its path."""
     ctx = RunContext.open(run_dir)
-    fp = ctx.fingerprint(__name__, config_hash, [(t, None) for t in ("problems", "chains", "pairs", "sft")]
+    fp = ctx.fingerprint(__name__, config_hash, [(t, None) for t in ("problems", "chains", "pairs", "step_pairs", "sft")]
                          + [("quarantine", stage) for stage in pair_quarantine(ctx.store)])
     if not ctx.is_done(STAGE, shard, fp):
         section = ctx.cfg.metrics

@@ -119,6 +119,36 @@ def test_step_pairs_hold_one_right_and_one_wrong_step_after_the_same_prefix_and_
     export_run(store.run_dir, "step_dpo", tmp_path / "out")
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "out" / "step_dpo.jsonl"), split="train")
     assert ds.num_rows == len(steps) and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    _trl_dpo_trains_on(ds, tmp_path / "trl")
+
+
+def _trl_dpo_trains_on(ds, out: Path) -> None:
+    """Issue 21: the step_dpo export, as loaded, trains under TRL's own DPOTrainer (no project
+    code in between) for at least 20 optimizer steps on CPU from the shipped tiny-small."""
+    import math
+
+    pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    small = ROOT / "infra" / "models" / "tiny-small"
+    tok = AutoTokenizer.from_pretrained(small)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    while ds.num_rows < 80:  # a small run's export: repeat it to 20 steps of 4
+        ds = datasets_concat([ds, ds])
+    args = DPOConfig(output_dir=str(out), max_steps=20, per_device_train_batch_size=4, learning_rate=1e-4, report_to="none",
+                     use_cpu=True, disable_tqdm=True, logging_steps=1, save_strategy="no", max_length=256)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(small), args=args, processing_class=tok,
+                         train_dataset=ds.select_columns(["prompt", "chosen", "rejected"]))
+    trainer.train()
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    assert trainer.state.global_step == 20 and len(losses) == 20 and all(math.isfinite(x) for x in losses)
+
+
+def datasets_concat(parts):
+    import datasets
+
+    return datasets.concatenate_datasets(parts)
 
 
 def test_catalog_answers_across_the_run(finished_run):
@@ -209,6 +239,11 @@ def test_qdc_metrics_are_stored_per_stage_and_table_and_agree_with_the_chains(fi
     assert abs(m[("generation", "chains", "solve_rate")]["value"] - want) < 1e-12
     assert all(m[(s, t, "vendi_q1")]["value"] >= 1.0 for s, t, _ in m if (s, t, "vendi_q1") in m)
     assert m[("generation", "pairs", "pair_validity")]["value"] == 1.0
+    steps = [p for p in store.read_table("step_pairs").to_pylist() if p["stage"] == "generation"]  # the step pairs' QDC
+    assert steps and m[("generation", "step_pairs", "vendi_q1")]["n"] == len(steps)
+    want = sum(p["chosen_score"] - p["rejected_score"] for p in steps) / len(steps)
+    assert abs(m[("generation", "step_pairs", "mean_margin")]["value"] - want) < 1e-9
+    assert m[("generation", "step_pairs", "candidate_share")]["value"] == sum(p["source"] == "candidates" for p in steps) / len(steps)
     got = run_query(root, "select count(*) as n from metrics where run_id = 'it-run'").to_pylist()[0]["n"]
     assert got == len(m)
 

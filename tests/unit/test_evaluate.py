@@ -159,15 +159,17 @@ def test_the_evolve_table_shows_ood_beside_each_round_and_the_reference_last():
 
     from flows.cli import _accuracy_table
 
-    def ev(rnd, dataset, value, model="m"):
+    def ev(rnd, dataset, value, model="tiny:m1-0e35f82f"):
         return {"round": rnd, "model": model, "dataset": dataset, "metric": "greedy", "value": value, "ci_low": value - 0.01,
                 "ci_high": value + 0.01, "n": 100}
 
     record = {"rounds": [{"evals": [ev(0, "builtin:seed=1", 0.5), ev(1, "builtin:seed=1", 0.6), ev(0, "ood:builtin:seed=2", 0.01),
-                                    ev(1, "ood:builtin:seed=2", 0.03), ev(-1, "builtin:seed=1", 0.83, "strong"),
-                                    ev(-1, "ood:builtin:seed=2", 0.07, "strong")]}]}
-    console = Console(width=100, record=True)
+                                    ev(1, "ood:builtin:seed=2", 0.03), ev(-1, "builtin:seed=1", 0.83, "tiny:tiny-policy"),
+                                    ev(-1, "ood:builtin:seed=2", 0.07, "tiny:tiny-policy")]}]}
+    console = Console(width=80, record=True)  # a plain terminal: every model on one line, nothing cut
     console.print(_accuracy_table(record, "ev"))
-    rows = [ln for ln in console.export_text().splitlines() if ln.startswith("│")]
-    assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "ref"]
-    assert "0.600" in rows[1] and "0.030" in rows[1] and "strong" in rows[2] and "0.830" in rows[2] and "0.070" in rows[2]
+    text = console.export_text()
+    rows = [ln.split() for ln in text.splitlines() if ln.split() and ln.split()[0] in ("0", "1", "ref")]
+    assert [r[0] for r in rows] == ["0", "1", "ref"] and max(len(ln) for ln in text.splitlines()) <= 80
+    assert rows[1] == ["1", "tiny:m1-0e35f82f", "0.600", "(0.590-0.610)", "100", "0.030", "(0.020-0.040)"]
+    assert rows[2][:3] == ["ref", "tiny:tiny-policy", "0.830"] and rows[2][-2:] == ["0.070", "(0.060-0.080)"]
