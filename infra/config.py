@@ -380,6 +380,13 @@ class EvaluateConfig(_Model):
         "the strong shipped policy {kind: tiny, checkpoint: policy}; its evals rows have round -1. It is never trained.")
 
 
+class ReportConfig(_Model):
+    """The run report's data view (tasks/data_view.py): how many rows it samples."""
+
+    pairs_per_stage: int = Field(12, ge=0, le=1000, description="Pairs shown per stage, each with both chains step by step.")
+    rows_per_kind: int = Field(12, ge=0, le=1000, description="Step pairs, SFT rows, error rows and quarantined rows shown (each).")
+
+
 class EvolveConfig(_Model):
     """Round-level settings of ``sphere evolve`` (flows.evolve): when a round's trained model
     becomes the next round's policy. A model whose weights are not all finite never is."""
@@ -419,6 +426,7 @@ class RunConfig(_Model):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training the policy on the run's pairs (infra.trainers).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Held-out evaluation of the policy and the trained model.")
     evolve: EvolveConfig = Field(default_factory=EvolveConfig, description="Self-evolution round settings (sphere evolve).")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="The run report's data view (sampled rows).")
     round: int = Field(0, ge=0, description="Self-evolution round this run belongs to (sphere evolve sets it; 0 for a plain run).")
     evolve_id: Optional[str] = Field(None, description="The sphere evolve this run is a round of (None for a plain run).")
     scheduling: Literal["streaming", "barrier"] = Field(

@@ -8,7 +8,10 @@ stage cost (``infra.cost.run_cost``: tokens, requests, engine-seconds of its com
 ``render_html(runs, out)`` draws the plots with matplotlib, embeds them as base64 PNGs
 (the file opens without a server or network) and, with more than one run, adds the
 quality-diversity plane with each run as a point and the Pareto front.
-``summary_tables(runs)`` returns the same numbers as rich tables for the terminal.
+``summary_tables(runs)`` returns the same numbers as rich tables for the terminal. Each run's
+settings that matter are a small table (``choices``); the first run's sampled rows follow
+as the data view (``tasks.data_view``: pairs chain by chain with step scores, step pairs,
+SFT, error and quarantined rows, with filters and a search box).
 
 The page checks itself: a script draws every plot onto a canvas once loaded and records
 how many plots have non-blank pixels in ``#render-check`` (read by the browser test).
@@ -19,13 +22,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.catalog import sql_list
 from infra.cost import cost_rows, run_cost
 from infra.storage import RunStore, atomic_write_text
+from tasks.data_view import data_view_html, sample_records
 from tasks.metrics import ops_by_problem_sql
 
 KEY_METRICS = (
@@ -65,6 +68,8 @@ class RunData:
     routes: dict[str, int] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
     cost: dict[str, dict] = field(default_factory=dict)  # stage -> infra.cost.run_cost's record
+    records: list[dict] = field(default_factory=list)  # the data view's sampled rows (tasks.data_view)
+    choices: list[tuple[str, str]] = field(default_factory=list)  # the settings table: (setting, value)
 
     def point(self, stage_table=QD_POINT) -> tuple[float, float] | None:
         m = self.metrics.get(stage_table, {})
@@ -72,6 +77,34 @@ class RunData:
             return m["vendi_q1"], m["accuracy"]
         return None
 
+
+
+def _backend(b: dict | None) -> str:
+    if not b:
+        return "-"
+    return f"{b['kind']}:{b.get('checkpoint') or b.get('model_path') or b.get('model') or ''}"
+
+
+def choices(cfg: dict) -> list[tuple[str, str]]:
+    """The settings a person compares runs by, from a run's stored config, as (setting, value)."""
+    s, seeds, sc = cfg["search"], cfg["seeds"], cfg["scorer"]
+    if seeds["kind"] == "builtin":
+        source = f"built-in, n={seeds['n']}, generator seed {seeds['seed']}, {seeds['min_steps']}-{seeds['max_steps']} operations"
+    else:
+        source = f"file {', '.join(seeds['paths'])} ({seeds.get('format')})"
+    sc_pol, div = cfg.get("self_correction", {}), cfg.get("diversity", {})
+    return [
+        ("policy", _backend(cfg["policy"])),
+        ("self-correction policy", _backend(sc_pol.get("policy") or cfg["policy"]) if sc_pol.get("enabled", True) else "off"),
+        ("diversity (small) policy", _backend(div.get("small_policy")) if div.get("enabled", True) else "off"),
+        ("E (candidates per step)", str(s["candidates"])),
+        ("T (temperature), top-p", f"{s['temperature']}, {s['top_p']}"),
+        ("max depth (D_max), step tokens", f"{s['max_depth']}, {s['max_step_tokens']}"),
+        ("scorer, reward", f"{sc['kind']}, {s['reward_mode']}"),
+        ("seeds", source),
+        ("mixed outcome (MAX wrong, MIN right)", str(cfg.get("generation", {}).get("mixed_outcome"))),
+        ("master seed", str(cfg.get("seed"))),
+    ]
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -92,7 +125,8 @@ def load_run(run_dir: str | Path) -> RunData:
     policy = cfg["policy"]
     settings = {"temperature": s["temperature"], "E": s["candidates"], "policy": f"{policy['kind']}:{policy.get('checkpoint') or policy.get('model_path') or policy.get('model', '')}",
                 "scorer": cfg["scorer"]["kind"], "seeds": cfg["seeds"].get("n") or cfg["seeds"].get("paths")}
-    data = RunData(store.run_id, str(store.run_dir), f"{store.run_id}", metrics, counts, settings=settings, cost=run_cost(store))
+    data = RunData(store.run_id, str(store.run_dir), f"{store.run_id}", metrics, counts, settings=settings, cost=run_cost(store),
+                   records=sample_records(store, cfg), choices=choices(cfg))
     chains = store.committed_parts("chains")
     if chains:
         src = f"read_parquet({sql_list(chains)})"
@@ -212,6 +246,15 @@ def _qdc_table_html(r: RunData) -> str:
     return f"<table><tr><th>stage</th><th>table</th><th>rows</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def _settings_html(r: RunData) -> str:
+    """The settings that matter as a small table, and the route counts."""
+    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
+                   for k, v in r.choices)
+    routes = "".join(f"<tr><td style='text-align:left'>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in r.routes.items())
+    return (f"<div style='display:flex;gap:24px;align-items:flex-start'><table class='settings'>{rows}</table>"
+            + (f"<table class='routes'><tr><th>route</th><th>problems</th></tr>{routes}</table>" if routes else "") + "</div>")
+
+
 def _cost_table_html(r: RunData) -> str:
     """The run's "What each stage cost" table (empty string when no stage called an engine)."""
     rows = cost_rows(r.cost)
@@ -266,11 +309,12 @@ def render_html(runs: list[RunData], out: Path) -> Path:
         parts.append("</table>")
     for r in runs:
         parts.append(f"<h2>QDC per stage: {html.escape(r.run_id)}</h2>")
-        parts.append(f"<p>settings: {html.escape(json.dumps(r.settings, default=str))}; routes: {html.escape(json.dumps(r.routes))}</p>")
+        parts.append(_settings_html(r))
         parts.append(_qdc_table_html(r))
         parts.append(_cost_table_html(r))
     for title, png in plots:
         parts.append(f"<h2>{html.escape(title)}</h2><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    parts.append(data_view_html(main.records))
     parts.append(f"<div id='render-check'>not checked</div><script>{CHECK_JS}</script></body></html>")
     return atomic_write_text(Path(out), "".join(parts))
 

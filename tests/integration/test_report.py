@@ -120,3 +120,49 @@ def test_each_run_publishes_its_qdc_table_and_report_path(sweep):
         assert any(str(run_dir / "report.html") in a.data for a in reports)
         assert any(r["run_id"] in (a.description or "") and "accuracy" in str(a.data) for a in qdc)
     assert asyncio.run(read("sphere-sweep-report"))
+
+
+def test_the_data_view_filters_its_rows_on_a_click_and_highlights_the_first_wrong_step(sweep, tmp_path):
+    """Issue 22.1: in headless Chromium, a click on a filter changes the visible rows to exactly
+    the matching sample; a pair whose rejected chain has a step judged wrong shows that step
+    highlighted; the search box narrows by question text."""
+    from tests.browser import Browser
+
+    root, record = sweep
+    report = root / "runs" / record["runs"][1]["run_id"] / "report.html"  # T = 1.6: wrong steps to highlight
+    with Browser(report.as_uri()) as b:
+        data = b.js("JSON.parse(document.getElementById('sphere-data').textContent)")
+        cards = "Array.from(document.querySelectorAll('#dv-cards .dv-card'))"
+        assert b.js(f"{cards}.length") == len(data) > 0
+        assert {r["kind"] for r in data} >= {"pair", "sft", "step pair"}
+        stage = next(r["stage"] for r in data if r["kind"] == "pair" and r["stage"] != "generation")
+        b.click(f"#dv-filters button[data-field='stage'][data-value='{stage}']")
+        shown = b.js(f"{cards}.map(c => c.querySelector('.dv-meta').textContent)")
+        want = [r for r in data if r["stage"] == stage]
+        assert 0 < len(shown) == len(want) < len(data) and all(f"stage {stage} |" in s for s in shown)
+        assert b.js("document.getElementById('dv-count').textContent") == f"{len(want)} of {len(data)} sampled rows shown"
+        b.click("#dv-filters button[data-field='stage'][data-value='all']")
+        b.click("#dv-filters button[data-field='kind'][data-value='pair']")
+        pairs = [r for r in data if r["kind"] == "pair"]
+        assert b.js(f"{cards}.length") == len(pairs)
+        flagged = [r for r in pairs if r["rejected"] and r["rejected"]["first_wrong"] is not None]
+        assert flagged, "no sampled pair has a rejected step judged wrong"
+        i = pairs.index(flagged[0])
+        marked = b.js(f"{cards}[{i}].querySelectorAll('.dv-col')[1].querySelector('.wrong-step').textContent")
+        r = flagged[0]["rejected"]
+        assert marked.endswith(r["steps"][r["first_wrong"]]) and r["scores"][r["first_wrong"]] <= 0.25
+        word = pairs[0]["question"].split()[0]
+        b.js(f"(function(){{var s=document.getElementById('dv-search'); s.value={json.dumps(word.lower())}; "
+             "s.dispatchEvent(new Event('input')); return 1;})()")
+        assert b.js(f"{cards}.length") == sum(word.lower() in p["question"].lower() for p in pairs)
+        b.screenshot(tmp_path / "data-view.png", "#data")
+    assert _ink(tmp_path / "data-view.png")[0] > 20_000
+
+
+def test_the_report_shows_the_settings_that_matter_as_a_table(sweep):
+    root, record = sweep
+    text = (root / "runs" / record["runs"][0]["run_id"] / "report.html").read_text()
+    for cell in ("<th style='text-align:left'>E (candidates per step)</th>", "T (temperature), top-p</th><td style='text-align:left'>0.3",
+                 "scorer, reward", "built-in, n=24", "diversity (small) policy"):
+        assert cell in text, cell
+    assert "settings: {" not in text  # the raw JSON line is gone
