@@ -347,12 +347,14 @@ def rerun(
 def export(
     run_id: str = typer.Argument(..., help="The run to export."),
     fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | step_dpo (the same, one step each after a shared prefix) | sft (prompt, completion)"),
-    to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl and <format>.parquet into."),
+    to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl, <format>.parquet and the dataset card README.md into."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
     allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Export a run whose stages have not all finished."),
 ) -> None:
-    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet.
+    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet, and
+    the folder's dataset card (README.md): datasets.load_dataset(FOLDER) loads it, one config per
+    format exported there from the run.
 
     A run whose stages have not all finished, or that is damaged or incomplete (a marker
     unreadable or missing), is refused naming what is wrong (the files would silently lack
