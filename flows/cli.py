@@ -75,23 +75,66 @@ def _resume(command: str, id_: str, root: Path, kept: str = "", tail: str = "") 
     return f"finished {kept} are kept; resume with: {again}" if kept else again
 
 
-def _print_qdc(run_dir: str) -> None:
-    from tasks.report import LABELS, RUN_TABLE
+def _print_qdc(run_dir: str, out: Console | None = None) -> None:
+    """Print the run's QDC of chains (``_qdc_tables``) to ``out`` (default: stdout)."""
+    out = out or stdout
+    for t in _qdc_tables(RunStore.at(run_dir).read_table("metrics").to_pylist(), out.width):
+        out.print(t)
 
-    rows = RunStore.at(run_dir).read_table("metrics").to_pylist()
-    by = {}
+
+def _qdc_value(v: float | None) -> str:
+    """A metric as the terminal shows it: 3 decimals; ``-`` when missing or NaN."""
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def _qdc_tables(rows: list[dict], width: int = 80) -> list[Table]:
+    """The QDC of chains per stage from ``metrics`` rows, as tables that fit ``width`` columns
+    with nothing cut: one row per metric of ``tasks.report.RUN_TABLE`` (its name as stored in
+    ``metrics``, what ``sphere query`` selects), one column per stage, values to 3 decimals.
+    Stages that do not fit beside the others go to a further table (one stage always goes in).
+    No table when the rows hold no chains metric."""
+    from rich import box
+    from rich.measure import Measurement
+
+    from tasks.report import RUN_TABLE
+
+    by: dict[str, dict[str, float]] = {}
     for r in rows:
         if r["table"] == "chains":
             by.setdefault(r["stage"], {})[r["metric"]] = r["value"]
-    if not by:
-        return
-    t = Table(title="QDC of chains per stage")
-    t.add_column("stage")
-    for metric in RUN_TABLE:
-        t.add_column(LABELS[metric], justify="right")
-    for stage, vals in sorted(by.items()):
-        t.add_row(stage, *[f"{vals.get(c, float('nan')):.3f}" for c in RUN_TABLE])
-    stdout.print(t)
+
+    def table(stages: list[str], first: bool) -> Table:
+        t = Table(title="QDC of chains per stage" if first else None, box=box.SIMPLE_HEAD, show_edge=False)
+        t.add_column("metric", no_wrap=True)
+        for stage in stages:
+            t.add_column(stage, justify="right", no_wrap=True)
+        for metric in RUN_TABLE:
+            t.add_row(metric, *[_qdc_value(by[stage].get(metric)) for stage in stages])
+        return t
+
+    wide = Console(width=10_000)
+    groups: list[list[str]] = []
+    for stage in sorted(by):
+        if groups and Measurement.get(wide, wide.options, table(groups[-1] + [stage], False)).maximum <= width:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return [table(g, i == 0) for i, g in enumerate(groups)]
+
+
+def _print_run_summary(summary: dict, out: Console | None = None) -> None:
+    """What ``sphere run`` prints when a run finishes: rows per table, routes and pairs by stage
+    (wrapped between entries at the console's width), and the QDC of chains."""
+    out = out or stdout
+    t = Table()
+    t.add_column("table", no_wrap=True)
+    t.add_column("rows", justify="right", no_wrap=True)
+    for name, count in summary["counts"].items():
+        t.add_row(name, str(count))
+    out.print(t)
+    out.print("routes: " + (", ".join(f"{k}={v}" for k, v in summary["routes"].items()) or "none"), soft_wrap=False)
+    out.print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"), soft_wrap=False)
+    _print_qdc(summary["run_dir"], out)
 
 
 @app.command()
@@ -130,15 +173,7 @@ def run(
             console.print(hint, soft_wrap=True)
             raise typer.Exit(1)
     stdout.print(f"run {run_id} finished")
-    t = Table()
-    t.add_column("table")
-    t.add_column("rows", justify="right")
-    for name, count in summary["counts"].items():
-        t.add_row(name, str(count))
-    stdout.print(t)
-    stdout.print("routes: " + ", ".join(f"{k}={v}" for k, v in summary["routes"].items()))
-    stdout.print("pairs by stage: " + (", ".join(f"{k}={v}" for k, v in summary["pairs_by_stage"].items()) or "none"))
-    _print_qdc(summary["run_dir"])
+    _print_run_summary(summary)
     report_path = Path(summary["run_dir"]) / "report.html"
     if report_path.is_file():
         stdout.print(f"report: {report_path}  (sphere report {run_id} --compare OTHER_RUN to compare runs)")
@@ -312,12 +347,14 @@ def rerun(
 def export(
     run_id: str = typer.Argument(..., help="The run to export."),
     fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | step_dpo (the same, one step each after a shared prefix) | sft (prompt, completion)"),
-    to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl and <format>.parquet into."),
+    to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl, <format>.parquet and the dataset card README.md into."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
     allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Export a run whose stages have not all finished."),
 ) -> None:
-    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet.
+    """Write trainer-ready files (TRL DPOTrainer / SFTTrainer column names), JSONL and Parquet, and
+    the folder's dataset card (README.md): datasets.load_dataset(FOLDER) loads it, one config per
+    format exported there from the run.
 
     A run whose stages have not all finished, or that is damaged or incomplete (a marker
     unreadable or missing), is refused naming what is wrong (the files would silently lack
@@ -530,7 +567,7 @@ def _accuracy_table(record: dict, evolve_id: str) -> Table:
     from tasks.evaluate import is_ood
 
     ood = {a["round"]: a for a in accuracy_by_round(record, ood=True)}
-    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})", box=box.SIMPLE_HEAD, pad_edge=False)
+    t = Table(title=f"Held-out greedy accuracy per round ({evolve_id})", box=box.SIMPLE_HEAD, show_edge=False)
     for col in ("round", "model", "accuracy (95% CI)", "n") + (("OOD accuracy (95% CI)",) if ood else ()):
         t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
 

@@ -223,6 +223,62 @@ def test_export_loads_with_the_datasets_library(finished_run, tmp_path):
     assert c[0]["prompt"][0]["role"] == "user" and c[0]["chosen"][0]["role"] == "assistant"
 
 
+def _card_table(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the Markdown table under ``## heading`` of a dataset card (cells stripped)."""
+    section = text.split(f"\n## {heading}\n")[1].split("\n## ")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    return [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines[1:]]
+
+
+def test_an_export_folder_carries_its_card_and_its_counts_are_the_catalog_s(finished_run, tmp_path):
+    """Issue 22.2: every format exported into one folder; ``load_dataset(folder)`` reads it through
+    the card's configs, by config name too; the card's YAML parses and every count and QDC value
+    in it is what ``sphere query`` answers for the run."""
+    import datasets
+    import yaml
+
+    from tasks.card import CARD, QDC
+    from tasks.export import export_run
+
+    root, summary, _ = finished_run
+    out = tmp_path / "card"
+    for fmt in ("dpo", "sft", "step_dpo"):
+        assert export_run(root / "runs" / "it-run", fmt, out)[-1] == out / CARD
+    text = (out / CARD).read_text(encoding="utf-8")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    rows = {"dpo": summary["counts"]["pairs"], "sft": summary["counts"]["sft"], "step_dpo": summary["counts"]["step_pairs"]}
+    assert [(c["config_name"], c["data_files"][0]["path"]) for c in meta["configs"]] == [(f, f"{f}.parquet") for f in rows]
+    assert {i["config_name"]: i["splits"][0]["num_examples"] for i in meta["dataset_info"]} == rows
+    assert meta["license"] == "other" and "set `license:`" in text
+    assert datasets.load_dataset(str(out))["train"].num_rows == rows["dpo"]  # the default config
+    for fmt, n in rows.items():
+        d = datasets.load_dataset(str(out), fmt, split="train")
+        assert d.num_rows == n and d.column_names == [f["name"] for f in next(i for i in meta["dataset_info"]
+                                                                               if i["config_name"] == fmt)["features"]]
+
+    def ask(sql: str) -> list[list[str]]:
+        return sorted([["—" if v is None else str(v) for v in r.values()] for r in run_query(root, sql).to_pylist()])
+
+    where = "where run_id = 'it-run'"
+    per_stage = [[t, *r] for t in ("chains", "pairs", "step_pairs", "sft")
+                 for r in ask(f"select stage, count(*) from {t} {where} group by all")]
+    assert sorted(_card_table(text, "Rows per stage")) == sorted(per_stage) and len(per_stage) >= 6
+    assert sorted(_card_table(text, "Routes")) == ask(f"select route, count(*) from routes {where} group by all")
+    assert sorted(_card_table(text, "Models")) == ask(f"select stage, model, count(*) from chains {where} group by all")
+    quarantined = ask(f'select stage, "table", "check", count(*) from quarantine {where} group by all')
+    assert (sorted(_card_table(text, "Quarantine")) == quarantined) if quarantined else ("No row was quarantined." in text)
+    metrics = {(r["stage"], r["table"], r["metric"]): r for r in run_query(root, f"select * from metrics {where}").to_pylist()}
+    qdc = _card_table(text, "Quality, diversity, complexity")
+    assert {(r[0], r[1]) for r in qdc} == {(s, t) for s, t, _ in metrics}
+    for stage, table, n, *values in qdc:
+        got = [metrics.get((stage, table, m)) for m in QDC]
+        assert values == ["—" if g is None or g["value"] != g["value"] else f"{g['value']:.3f}" for g in got]
+        assert n == str(next(r["n"] for (s, t, _), r in metrics.items() if (s, t) == (stage, table)))
+    settings = dict(_card_table(text, "Run configuration"))
+    assert (settings["policy (model/backend)"], settings["search candidates (E)"], settings["temperature (T)"]) == ("tiny:policy", "5", "0.8")
+    assert settings["seed problems in the run"] == str(summary["counts"]["problems"]) == "30"
+
+
 def test_qdc_metrics_are_stored_per_stage_and_table_and_agree_with_the_chains(finished_run):
     root, summary, _ = finished_run
     store = RunStore(root, "it-run")
