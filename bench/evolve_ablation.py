@@ -72,6 +72,7 @@ def rows_of(arm: str, record: dict, data_root: Path) -> list[dict]:
         m = {x["metric"]: x["value"] for x in store.read_table("metrics").to_pylist() if x["stage"] == "generation" and x["table"] == "chains"}
         out.append({"arm": arm, "round": r, "id": ind.get(r + 1), "ood": ood.get(r + 1), "start": ind.get(r), "test": tests.get(r + 1),
                     "pairs": rnd.get("pairs_by_stage", {}), "step_pairs": (rnd.get("counts") or {}).get("step_pairs"),
+                    "sft": (rnd.get("counts") or {}).get("sft"),
                     "frontier": rnd.get("frontier"), "qdc": {k: m.get(k) for k, _ in QDC}, "stopped": rnd.get("stopped")})
     return out
 
@@ -82,7 +83,7 @@ def _acc(a: dict | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| arm | round | start acc | trained acc (ID) [95% CI] | vs start: fixed/broken, p | OOD acc [95% CI] | chain pairs | "
-            "step pairs | frontier kept | " + " | ".join(label for _, label in QDC) + " |")
+            "step pairs | SFT rows | frontier kept | " + " | ".join(label for _, label in QDC) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["test"]
@@ -90,7 +91,7 @@ def table(rows: list[dict]) -> str:
         cells = [r["arm"], str(r["round"]), f"{r['start']['accuracy']:.3f}" if r["start"] else "-", _acc(r["id"]),
                  f"{t['b_only']}/{t['a_only']}, p = {t['p_value']:.2g}" if t else ("stopped: " + r["stopped"][:60] if r["stopped"] else "-"),
                  _acc(r["ood"]), str(sum(r["pairs"].values())) if r["pairs"] else "-", str(r["step_pairs"] or "-"),
-                 f"{f['kept']}/{f['problems']}" if f else "-"]
+                 str(r["sft"] or "-"), f"{f['kept']}/{f['problems']}" if f else "-"]
         cells += ["-" if r["qdc"][k] is None else f"{r['qdc'][k]:.3f}" for k, _ in QDC]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
