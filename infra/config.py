@@ -287,6 +287,10 @@ class StepPairsConfig(_Model):
     candidates: bool = Field(True, description="Also pair, at every node of the search (one prefix, one depth), each "
                              "candidate judged right with each judged wrong, not only the MAX and MIN picks.")
     max_per_node: int = Field(4, ge=1, le=64, description="Most candidate pairs from one node (the widest score gaps first).")
+    chosen: Literal["verified", "judged"] = Field(
+        "verified", description="verified: a chosen step is one a chain that reached gold took (judged right and led to the right "
+        "answer); judged: any step the scorer judges right (the arithmetic scorer also passes a step that computes correctly "
+        "from the wrong number).")
 
     @model_validator(mode="after")
     def _apart(self) -> "StepPairsConfig":

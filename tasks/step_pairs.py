@@ -8,6 +8,11 @@ prefix of steps — and differs in one step only, the one the scorer judges righ
 
 Two sources, both read from the run's committed chains (no engine call):
 
+Which steps may be chosen (``step_pairs.chosen``): ``verified`` (the default) — only a step
+of a chain that reached the gold answer, so a chosen step is judged right by the scorer
+*and* led to the right outcome (the arithmetic scorer alone calls ``20+22=42`` right even
+where 20 is not the current count); ``judged`` — any step the scorer judges right.
+
 * ``search``: a problem's MAX and MIN chains of one stage grow from the same prompt with
   the same seeded candidates per prefix, so they share every step until the depth where
   the search picked a different candidate for each. At that depth, when MAX's step is
@@ -17,7 +22,8 @@ Two sources, both read from the run's committed chains (no engine call):
   (``chains.step_candidates``). Each candidate judged right is paired with each judged wrong
   at that node (the best-scored right with the worst-scored wrong first, at most
   ``max_per_node`` pairs); never two steps of different prefixes. A node MAX and MIN share
-  is one node.
+  is one node. With ``verified`` the right candidate is the step the chain took, and only
+  on chains that reached gold.
 * ``correction``: a self-correction chain keeps its failed parent's steps before the
   parent's first wrong step (``tasks.self_correction``) and continues from there. When the
   corrected chain reaches gold and its step at that depth is judged right while the
@@ -69,11 +75,13 @@ def _row(run_id: str, source: str, good: dict, bad: dict, depth: int, prompt: st
     }
 
 
-def node_pairs(row: dict, *, right_at: float, wrong_at: float, separator: str, run_id: str, most: int) -> list[dict]:
+def node_pairs(row: dict, *, right_at: float, wrong_at: float, separator: str, run_id: str, most: int,
+               verified: bool = True) -> list[dict]:
     """The ``candidates`` pairs of every node along one chain (module docstring). A chain whose
-    trace does not line up with its steps (an errored search) has none."""
+    trace does not line up with its steps (an errored search) has none; with ``verified``, a
+    chain that did not reach gold has none and the chosen step is the chain's own."""
     steps, nodes, scores = row["steps"], row.get("step_candidates") or [], row.get("candidate_scores") or []
-    if len(nodes) != len(steps) or len(scores) != len(steps):
+    if len(nodes) != len(steps) or len(scores) != len(steps) or (verified and not row["correct"]):
         return []
     out = []
     for depth, (texts, values) in enumerate(zip(nodes, scores)):
@@ -81,7 +89,8 @@ def node_pairs(row: dict, *, right_at: float, wrong_at: float, separator: str, r
         for t, v in zip(texts, values):
             if t and v is not None and t not in first:
                 first[t] = v
-        right = sorted(((v, t) for t, v in first.items() if v >= right_at), key=lambda x: (-x[0], x[1]))
+        right = sorted(((v, t) for t, v in first.items() if v >= right_at and (not verified or t == steps[depth])),
+                       key=lambda x: (-x[0], x[1]))
         wrong = sorted(((v, t) for t, v in first.items() if v <= wrong_at), key=lambda x: (x[0], x[1]))
         pairs = sorted(((g, b) for g in right for b in wrong), key=lambda p: (-(p[0][0] - p[1][0]), p[0][1], p[1][1]))[:most]
         prompt = row["prompt"] + prefix_text(steps[:depth], separator)
@@ -93,7 +102,7 @@ def node_pairs(row: dict, *, right_at: float, wrong_at: float, separator: str, r
 
 
 def step_pairs(chains: pa.Table, *, right_at: float, wrong_at: float, separator: str, run_id: str,
-               candidates: bool = False, max_per_node: int = 4) -> pa.Table:
+               candidates: bool = False, max_per_node: int = 4, verified: bool = False) -> pa.Table:
     """Every step pair the chains hold (module docstring), in chain order; one row per distinct
     (prompt, chosen, rejected), the first source that made it kept (search, candidates, correction)."""
     require(chains, "chains", NEEDED)
@@ -108,12 +117,13 @@ def step_pairs(chains: pa.Table, *, right_at: float, wrong_at: float, separator:
         if not mx or not mn or mx["prompt"] != mn["prompt"]:
             continue
         d = _diverge(mx["steps"], mn["steps"])
-        if d is not None and mx["step_scores"][d] >= right_at and mn["step_scores"][d] <= wrong_at:
+        if d is not None and mx["step_scores"][d] >= right_at and mn["step_scores"][d] <= wrong_at and (mx["correct"] or not verified):
             out.append(_row(run_id, "search", mx, mn, d, mx["prompt"], separator))
     if candidates:
         for r in rows:
             if r["stage"] != "self_correction":  # a correction's nodes continue from the review prompt, not the solve prompt
-                out += node_pairs(r, right_at=right_at, wrong_at=wrong_at, separator=separator, run_id=run_id, most=max_per_node)
+                out += node_pairs(r, right_at=right_at, wrong_at=wrong_at, separator=separator, run_id=run_id, most=max_per_node,
+                                  verified=verified)
     for r in rows:
         parent = by_id.get(r["parent_chain_id"]) if r["stage"] == "self_correction" else None
         if parent is None or not r["correct"]:
@@ -132,4 +142,5 @@ def step_pairs_stage(inputs: dict[str, pa.Table], config: ConfigView, engines: E
     section = config.step_pairs
     return {"step_pairs": step_pairs(inputs["chains"], right_at=section.right_at, wrong_at=section.wrong_at,
                                      separator=config.search.step_separator, run_id=engines.run_id,
-                                     candidates=section.candidates, max_per_node=section.max_per_node)}
+                                     candidates=section.candidates, max_per_node=section.max_per_node,
+                                     verified=section.chosen == "verified")}

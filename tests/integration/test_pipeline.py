@@ -109,6 +109,7 @@ def test_step_pairs_hold_one_right_and_one_wrong_step_after_the_same_prefix_and_
         d = p["depth"]
         if p["source"] == "candidates":  # two candidates the search scored at one node of this chain's prefix
             scored = dict(zip(good["step_candidates"][d], good["candidate_scores"][d]))
+            assert good["correct"] and p["chosen"] == good["steps"][d]  # step_pairs.chosen = verified
             assert scored[p["chosen"]] == p["chosen_score"] >= 0.75 and scored[p["rejected"]] == p["rejected_score"] <= 0.25
             assert p["prompt"] == good["prompt"] + "".join(s + "\n\n" for s in good["steps"][:d])
             continue

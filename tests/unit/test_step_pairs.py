@@ -191,3 +191,27 @@ def _completion(text):
     from infra.backends.base import Completion
 
     return Completion(text=text, completion_tokens=2, finish_reason="stop")
+
+
+def test_verified_chosen_steps_come_only_from_chains_that_reached_gold_and_are_the_steps_they_took():
+    """step_pairs.chosen = verified (the default): the arithmetic scorer also passes a step that
+    computes right from a wrong number, so a right-judged candidate the chain did not take, or
+    one on a chain that ended wrong, is not a chosen step."""
+    node = [("a=5.", 1.0), ("a=9.", 1.0), ("a=6.", 0.0)]
+    right = {**traced("mx", "max", ["a=5."], [node]), "correct": True}
+    wrong = {**traced("mn", "min", ["a=9."], [node], pid="p2", prompt="Q2: ?\nA:\n"), "correct": False}
+    cols = NEEDED + ["step_candidates", "candidate_scores"]
+    table = pa.Table.from_pylist([right, wrong], schema=pa.schema([CHAINS.field(n) for n in cols]))
+
+    def got(verified):
+        rows = step_pairs(table, right_at=0.75, wrong_at=0.25, separator=SEP, run_id="r", candidates=True, verified=verified)
+        return sorted((p["problem_id"], p["chosen"], p["rejected"]) for p in rows.to_pylist())
+
+    assert got(True) == [("p1", "a=5.", "a=6.")]
+    assert got(False) == [("p1", "a=5.", "a=6."), ("p1", "a=9.", "a=6."), ("p2", "a=5.", "a=6."), ("p2", "a=9.", "a=6.")]
+    # a MAX/MIN divergence pair needs MAX to have reached gold, too
+    mx = chain("mx", "generation", "max", ["a=5.", "#### 5"], [1.0, 1.0])
+    mn = chain("mn", "generation", "min", ["a=6.", "#### 6"], [0.0, 0.0])
+    search = pa.Table.from_pylist([mx, mn], schema=pa.schema([CHAINS.field(n) for n in NEEDED]))
+    assert step_pairs(search, right_at=0.75, wrong_at=0.25, separator=SEP, run_id="r", verified=True).num_rows == 0
+    assert step_pairs(search, right_at=0.75, wrong_at=0.25, separator=SEP, run_id="r", verified=False).num_rows == 1
