@@ -228,7 +228,8 @@ def test_an_evolve_deployment_run_is_named_with_the_evolve_id_it_records(prefect
     api, run, logs, recipe, env = prefect_server
     data = tmp_path / "data"
     # Seeds that do not exist: the evolve records itself, then round 0's run fails at once on its inputs.
-    missing = {"seeds": {"kind": "file", "paths": [str(tmp_path / "missing.jsonl")]}}
+    # (evolve.new_seeds off: with it, file seeds are refused before the record is written)
+    missing = {"seeds": {"kind": "file", "paths": [str(tmp_path / "missing.jsonl")]}, "evolve.new_seeds": False}
     fr = _start(api, {"data_root": str(data), "overrides": missing}, "sphere-evolve/evolve-weekly")
     state = _final_state(api, fr, timeout=240)
     assert state["state_type"] == "FAILED", (logs / "worker.log").read_text()[-4000:]

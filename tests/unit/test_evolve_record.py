@@ -79,3 +79,18 @@ def test_each_round_starts_from_the_previous_rounds_model_and_is_tested_against_
     steps = round_by_round(by_round)
     assert [(c["from_round"], c["to_round"], c["b_only"], c["a_only"]) for c in steps] == [(0, 1, 1, 0), (1, 2, 1, 1)]
     assert value_axis([2.81, 2.83]) == (0.0, 2.83 * 1.15) and value_axis([None]) == (0.0, 1.0)
+
+
+def test_each_round_draws_new_builtin_problems_and_file_seeds_must_say_they_repeat():
+    import pytest
+
+    from flows.evolve import EvolveError, round_seeds
+
+    builtin = {"seeds": {"kind": "builtin", "n": 600, "seed": 1}, "evolve": {"new_seeds": True}}
+    assert [round_seeds(builtin, r)["seeds"]["seed"] for r in range(3)] == [1, 2, 3]
+    assert round_seeds(builtin, 2)["seeds"]["n"] == 600
+    assert round_seeds({**builtin, "evolve": {"new_seeds": False}}, 2) == {}
+    files = {"seeds": {"kind": "file", "paths": ["a.jsonl"]}, "evolve": {"new_seeds": True}}
+    with pytest.raises(EvolveError, match="evolve.new_seeds: false"):
+        round_seeds(files, 0)
+    assert round_seeds({**files, "evolve": {"new_seeds": False}}, 1) == {}
