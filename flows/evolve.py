@@ -37,9 +37,9 @@ from infra.locks import writer_lock
 from infra.storage import RunStore, atomic_write_text, read_json
 from infra.trainers import TrainDiverged
 from infra.trainers.base import nonfinite_weight
-from tasks.evaluate import REFERENCE_ROUND, is_ood, mcnemar
+from tasks.evaluate import is_ood, mcnemar
 from tasks.evolve_record import promotion_refusal, round_overrides, settle_config
-from tasks.evolve_report import write_evolve_report
+from tasks.evolve_report import reference_evals, write_evolve_report
 from tasks.train import policy_checkpoint, trained_backend
 
 
@@ -261,9 +261,9 @@ def accuracy_by_round(record: dict, ood: bool = False) -> list[dict]:
 
 
 def reference_accuracy(record: dict) -> list[dict]:
-    """The reference model's (``evaluate.reference``) greedy accuracy on each held-out set."""
-    return [_accuracy(e) for rnd in record["rounds"] for e in rnd.get("evals", [])
-            if e["metric"] == "greedy" and e["round"] == REFERENCE_ROUND]
+    """The reference model's (``evaluate.reference``) greedy accuracy on each held-out set
+    (in-distribution first)."""
+    return [_accuracy(e) for _, e in sorted(reference_evals(record).items())]
 
 
 def _correct_by_round(root: Path, record: dict, ood: bool = False) -> dict[int, dict[str, bool]]:

@@ -471,6 +471,13 @@ BACKEND_KINDS = ("tiny", "llamacpp", "openai", "vllm")
 TAG_CHOICES = {"seeds": ("builtin", "file"), "problems": ("builtin", "file")}  # every other tagged section is a backend
 
 
+def backend_name(b: dict | None) -> str:
+    """A stored backend config as ``kind:model`` (the tiny checkpoint, GGUF path or served model)."""
+    if not b:
+        return "—"
+    return f"{b.get('kind')}:{b.get('checkpoint') or b.get('model_path') or b.get('model') or ''}"
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = [f"invalid config {path}:"]
     for e in err.errors():

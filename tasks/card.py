@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from infra.catalog import sql_list
+from infra.config import backend_name
 from infra.storage import RunStore
 
 CARD = "README.md"
@@ -233,13 +234,6 @@ def md_table(header: list[str], rows: list, empty: str = "None.") -> list[str]:
         return [empty]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-
-
-def backend_name(b: dict | None) -> str:
-    """A backend config as ``kind:model`` (the tiny checkpoint, GGUF path or served model)."""
-    if not b:
-        return "—"
-    return f"{b.get('kind')}:{b.get('checkpoint') or b.get('model_path') or b.get('model') or ''}"
 
 
 def settings(facts: RunFacts) -> list[tuple[str, object]]:

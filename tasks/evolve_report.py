@@ -43,7 +43,7 @@ def round_rows(root: Path, record: dict) -> list[dict]:
     return out
 
 
-def _reference(record: dict) -> dict[bool, dict]:
+def reference_evals(record: dict) -> dict[bool, dict]:
     """The reference model's greedy evals row per set (False: in-distribution, True: OOD)."""
     return {is_ood(e.get("dataset") or ""): e for rnd in record["rounds"] for e in rnd.get("evals", [])
             if e["metric"] == "greedy" and e["round"] == REFERENCE_ROUND}
@@ -65,7 +65,7 @@ def _plots(root: Path, record: dict, rows: list[dict]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     plots = []
-    ref = _reference(record)
+    ref = reference_evals(record)
     for ood, title in ((False, "Held-out accuracy per round (in-distribution)"), (True, "Held-out accuracy per round (out-of-distribution)")):
         prefix = "ood_" if ood else ""
         points = {e["round"]: e for r in rows for e in (r[prefix + "start"], r[prefix + "trained"]) if e}
@@ -141,7 +141,7 @@ def write_evolve_report(root: Path, record: dict) -> Path:
         cells += ["" if r["data"][k] is None else f"{r['data'][k]:.3f}" for k, _ in DATA_METRICS]
         cells.append(html.escape(", ".join(f"{k}={v}" for k, v in r["pairs"].items())))
         parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    for ood, e in sorted(_reference(record).items()):
+    for ood, e in sorted(reference_evals(record).items()):
         parts.append(f"<tr><td>ref</td><td>{html.escape(e['model'])}</td><td></td><td>{acc(e) if not ood else ''}</td><td></td><td></td>"
                      f"<td>{acc(e) if ood else ''}</td><td colspan='{3 + len(DATA_METRICS)}' style='text-align:left'>reference model "
                      f"on {html.escape(e['dataset'])} (evaluate.reference; not trained)</td></tr>")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.catalog import sql_list
+from infra.config import backend_name
 from infra.cost import cost_rows, run_cost
 from infra.storage import RunStore, atomic_write_text
 from tasks.data_view import data_view_html, sample_records
@@ -79,12 +80,6 @@ class RunData:
 
 
 
-def _backend(b: dict | None) -> str:
-    if not b:
-        return "-"
-    return f"{b['kind']}:{b.get('checkpoint') or b.get('model_path') or b.get('model') or ''}"
-
-
 def choices(cfg: dict) -> list[tuple[str, str]]:
     """The settings a person compares runs by, from a run's stored config, as (setting, value)."""
     s, seeds, sc = cfg["search"], cfg["seeds"], cfg["scorer"]
@@ -94,9 +89,9 @@ def choices(cfg: dict) -> list[tuple[str, str]]:
         source = f"file {', '.join(seeds['paths'])} ({seeds.get('format')})"
     sc_pol, div = cfg.get("self_correction", {}), cfg.get("diversity", {})
     return [
-        ("policy", _backend(cfg["policy"])),
-        ("self-correction policy", _backend(sc_pol.get("policy") or cfg["policy"]) if sc_pol.get("enabled", True) else "off"),
-        ("diversity (small) policy", _backend(div.get("small_policy")) if div.get("enabled", True) else "off"),
+        ("policy", backend_name(cfg["policy"])),
+        ("self-correction policy", backend_name(sc_pol.get("policy") or cfg["policy"]) if sc_pol.get("enabled", True) else "off"),
+        ("diversity (small) policy", backend_name(div.get("small_policy")) if div.get("enabled", True) else "off"),
         ("E (candidates per step)", str(s["candidates"])),
         ("T (temperature), top-p", f"{s['temperature']}, {s['top_p']}"),
         ("max depth (D_max), step tokens", f"{s['max_depth']}, {s['max_step_tokens']}"),
@@ -122,8 +117,7 @@ def load_run(run_dir: str | Path) -> RunData:
         metrics.setdefault((stage, table), {})[metric] = value
         counts[(stage, table)] = n
     s = cfg["search"]
-    policy = cfg["policy"]
-    settings = {"temperature": s["temperature"], "E": s["candidates"], "policy": f"{policy['kind']}:{policy.get('checkpoint') or policy.get('model_path') or policy.get('model', '')}",
+    settings = {"temperature": s["temperature"], "E": s["candidates"], "policy": backend_name(cfg["policy"]),
                 "scorer": cfg["scorer"]["kind"], "seeds": cfg["seeds"].get("n") or cfg["seeds"].get("paths")}
     data = RunData(store.run_id, str(store.run_dir), f"{store.run_id}", metrics, counts, settings=settings, cost=run_cost(store),
                    records=sample_records(store, cfg), choices=choices(cfg))
