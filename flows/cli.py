@@ -25,6 +25,7 @@ from rich.table import Table
 from flows import stages as declared
 from infra import integrity
 from infra.config import ConfigError, RunConfig, check_inputs, load_config
+from infra.fs import AnyPath, StoreError, as_path, is_uri, snapshot
 from infra.locks import WriterLocked, run_lock, writer_lock
 from infra.storage import RunNotFound, RunStore, StorageError, read_json
 
@@ -50,8 +51,8 @@ def _parse_sets(sets: list[str]) -> dict:
     return out
 
 
-def _setup(config: Path, n: Optional[int], sets: list[str], data_root: Optional[Path], *, check: bool = False,
-           forced: dict | None = None) -> tuple[dict, RunConfig, Path]:
+def _setup(config: Path, n: Optional[int], sets: list[str], data_root: Optional[str], *, check: bool = False,
+           forced: dict | None = None) -> tuple[dict, RunConfig, AnyPath]:
     """The options every writer command shares: ``--set`` (a malformed one is a usage error) and
     ``--n`` as overrides; the config validated with them (and with ``forced``, kept out of the
     overrides; ``check``: its input files too) before any work, a ``ConfigError`` being one red
@@ -143,7 +144,7 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="Run config YAML (default: the offline quickstart)."),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this run id: finished shards are kept, the rest is redone."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
     sets: list[str] = typer.Option([], "--set", help="Override any config field: --set search.candidates=8 (repeatable); with "
                                    "--resume, changes the run's stored config (logged to reruns.jsonl) and recomputes what it affects."),
 ) -> None:
@@ -174,16 +175,17 @@ def run(
             raise typer.Exit(1)
     stdout.print(f"run {run_id} finished")
     _print_run_summary(summary)
-    report_path = Path(summary["run_dir"]) / "report.html"
+    report_path = as_path(summary["run_dir"]) / "report.html"
     if report_path.is_file():
         stdout.print(f"report: {report_path}  (sphere report {run_id} --compare OTHER_RUN to compare runs)")
-    stdout.print(f"data: {summary['run_dir']}\ncatalog: {root / 'catalog.duckdb'}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
+    where = "catalog: (none on an object store; sphere query reads the committed parts)" if is_uri(root) else f"catalog: {root / 'catalog.duckdb'}"
+    stdout.print(f"data: {summary['run_dir']}\n{where}  (try: sphere query \"select stage, count(*) from chains group by 1\")")
 
 
 @app.command()
 def query(
     sql: str = typer.Argument(..., help="One SELECT over the catalog views: runs, problems, chains, pairs, routes, quarantine, validation, ..."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the result to this file (csv, json, parquet), never inside the data root."),
     timeout: float = typer.Option(300.0, "--timeout", help="Stop a query still running after this many seconds."),
@@ -276,9 +278,14 @@ def _lifetime(hint: str):
     return lifetime.guard(hint, notify=lambda text: console.print(text, style="yellow", markup=False, highlight=False, soft_wrap=True))
 
 
-def _data_root(option: Optional[Path], config_root: str | None = None) -> Path:
-    """--data-root, else $SPHERE_DATA_ROOT, else the config's data_root, else ``data``."""
-    return (option or Path(os.environ.get("SPHERE_DATA_ROOT") or config_root or "data")).resolve()
+def _data_root(option: Optional[str], config_root: str | None = None) -> AnyPath:
+    """--data-root, else $SPHERE_DATA_ROOT, else the config's data_root, else ``data``: a local
+    folder or an object-store URI (``infra.fs``); a malformed URI is one red message, exit 2."""
+    try:
+        return as_path(option or os.environ.get("SPHERE_DATA_ROOT") or config_root or "data").resolve()
+    except StoreError as e:
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
 
 
 def _hold(ctx: typer.Context, lock) -> None:
@@ -302,7 +309,7 @@ def _readable(record: Path, repair: str) -> None:
             raise typer.Exit(2)
 
 
-def _run_dir(run_id: str, data_root: Optional[Path]) -> str:
+def _run_dir(run_id: str, data_root: Optional[str]) -> str:
     try:
         return str(RunStore.open(_data_root(data_root), run_id).run_dir)
     except RunNotFound as e:
@@ -315,7 +322,7 @@ def rerun(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., help="The run to rerun a stage of."),
     stage: str = typer.Option(..., "--stage", help="One of: " + " | ".join(declared.names()) + " (it and everything downstream rerun)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     sets: list[str] = typer.Option([], "--set", help="Change a config field for this rerun: --set self_correction.shard_size=10."),
 ) -> None:
     """Re-execute one stage and everything downstream of it from the stored upstream Parquet.
@@ -347,8 +354,8 @@ def rerun(
 def export(
     run_id: str = typer.Argument(..., help="The run to export."),
     fmt: str = typer.Option(..., "--format", help="dpo (prompt, chosen, rejected) | step_dpo (the same, one step each after a shared prefix) | sft (prompt, completion)"),
-    to: Path = typer.Option(..., "--to", help="Folder to write <format>.jsonl, <format>.parquet and the dataset card README.md into."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    to: str = typer.Option(..., "--to", help="Local folder to write <format>.jsonl, <format>.parquet and the dataset card README.md into."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     chat: bool = typer.Option(False, "--chat", help="Conversational format: prompt/chosen/rejected/completion as message lists."),
     allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Export a run whose stages have not all finished."),
 ) -> None:
@@ -359,12 +366,22 @@ def export(
     A run whose stages have not all finished, or that is damaged or incomplete (a marker
     unreadable or missing), is refused naming what is wrong (the files would silently lack
     rows) unless --allow-incomplete is given."""
-    from flows.pipeline import unfinished_stages
-    from tasks.export import COLUMNS, ExportError, export_run
+    from tasks.export import COLUMNS
 
     if fmt not in COLUMNS:
         raise typer.BadParameter(f"--format must be one of {', '.join(COLUMNS)}, not {fmt!r}")
+    if is_uri(to):
+        raise typer.BadParameter(f"--to {to}: an export is written to a local folder (the dataset hub's upload, or a copy "
+                                 "to the bucket, takes it from there); the run itself may be on an object store")
     run_dir = _run_dir(run_id, data_root)
+    with snapshot(run_dir):  # an object store: one listing of the run, each record read once
+        _export(run_id, run_dir, fmt, to, chat, allow_incomplete)
+
+
+def _export(run_id: str, run_dir: str, fmt: str, to: str, chat: bool, allow_incomplete: bool) -> None:
+    from flows.pipeline import unfinished_stages
+    from tasks.export import ExportError, export_run
+
     try:
         missing = unfinished_stages(run_dir)
     except StorageError as e:  # a damaged config.json
@@ -380,7 +397,7 @@ def export(
                       f"`sphere run --resume {run_id}`, or pass --allow-incomplete.[/red]")
         raise typer.Exit(2)
     try:
-        paths = export_run(Path(run_dir), fmt, to, chat=chat)
+        paths = export_run(as_path(run_dir), fmt, Path(to), chat=chat)
     except StorageError as e:  # --allow-incomplete over a damaged shard
         console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(1)
@@ -395,7 +412,7 @@ def export(
 def report(
     run_id: str = typer.Argument(..., help="The run to report on."),
     compare: list[str] = typer.Option([], "--compare", help="Other run ids to compare with (repeatable): adds the quality-diversity plane."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default: <run>/report.html or <run>/compare-N-runs.html)."),
 ) -> None:
     """Write a self-contained HTML QDC report (plots embedded) and print its tables."""
@@ -419,7 +436,7 @@ def sweep(
     grid: list[str] = typer.Option(..., "--grid", help="field=v1,v2,... (repeatable; the sweep runs the cartesian product), "
                                    "e.g. --grid search.temperature=0.3,0.8,1.5 --grid search.candidates=3,6"),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems (seeds.n)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Override data_root from the config."),
     sets: list[str] = typer.Option([], "--set", help="Override a config field for every point (repeatable)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this sweep id (finished runs are kept)."),
 ) -> None:
@@ -504,7 +521,7 @@ def evolve(
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume this evolve id: finished rounds are kept, the unfinished "
                                           "round resumes from its last committed shard (training from its last epoch)."),
     n: Optional[int] = typer.Option(None, "--n", help="Override the number of built-in problems per round (seeds.n)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Override data_root from the config (or $SPHERE_DATA_ROOT)."),
     sets: list[str] = typer.Option([], "--set", help="Override a config field of every round: --set train.method=sft (repeatable)."),
     allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: run the remaining rounds with "
                                              "this config even though it differs from the evolve's stored one (the change is "

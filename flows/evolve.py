@@ -41,6 +41,7 @@ from tasks.evaluate import is_ood, mcnemar
 from tasks.evolve_record import promotion_refusal, round_overrides, settle_config
 from tasks.evolve_report import reference_evals, write_evolve_report
 from tasks.train import policy_checkpoint, trained_backend
+from infra.fs import as_path
 
 
 class EvolveError(ValueError):
@@ -116,7 +117,7 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
     """One round: the factory run with ``policy`` under the evolve's stored config, training and
     evaluation; returns the round's record. ``RoundRejected`` when the model is not promoted."""
     run_id = f"{evolve_id}-r{round}"
-    run = RunStore(Path(data_root), run_id)
+    run = RunStore(as_path(data_root), run_id)
     sets = round_overrides(run_config, {"train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
                                         "policy": policy, **round_seeds(run_config, round)}, run.load_config() if run.exists() else None)
     stop = f"round {round} ({run_id})"
@@ -127,7 +128,7 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
         if (diverged := _diverged(e)) is not None:
             raise RoundRejected(f"{stop}: {diverged}; {keep}") from None
         raise
-    root = Path(data_root)
+    root = as_path(data_root)
     store = RunStore(root, run_id)
     models = store.read_table("models", "train").to_pylist()
     if not models:
@@ -203,7 +204,7 @@ def sphere_evolve(config_path: str, rounds: int = 2, evolve_id: str | None = Non
     cfg = _evolve_config(config_path, overrides)  # validated before any work
     round_seeds(cfg.model_dump(mode="json"), 0)  # file seeds with new_seeds: refused before any work
     evolve_id = _evolve_id(cfg.name, evolve_id)
-    root = Path(data_root or cfg.data_root).resolve()
+    root = as_path(data_root or cfg.data_root).resolve()
     path = _record_path(root, evolve_id)
     with writer_lock(path.with_suffix(".lock"), f"evolve {evolve_id}"):  # one writer per evolve: WriterLocked names the other
         record = read_json(path, REPAIR) if path.is_file() else {"evolve_id": evolve_id, "config": config_path,

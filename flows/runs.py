@@ -18,6 +18,7 @@ from infra.config import RunConfig, apply_overrides, check_inputs, config_or_def
 from infra.cost import run_cost
 from infra.locks import run_lock
 from infra.storage import RunStore, StorageError
+from infra.fs import as_path
 
 
 def locate_run(config_path: str | None, run_id: str | None = None, data_root: str | None = None,
@@ -25,7 +26,7 @@ def locate_run(config_path: str | None, run_id: str | None = None, data_root: st
     """The validated config and the store of the run these arguments name (a new id when
     ``run_id`` is None); nothing is written."""
     cfg = config_or_defaults(config_path, overrides)
-    root = Path(data_root or cfg.data_root).resolve()
+    root = as_path(data_root or cfg.data_root).resolve()
     return cfg, RunStore(root, run_id or bound_or_new_id(cfg.name))
 
 

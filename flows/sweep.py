@@ -23,6 +23,7 @@ from flows.run_ids import new_run_id
 from infra.config import load_config
 from infra.locks import writer_lock
 from infra.storage import read_json
+from infra.fs import as_path
 
 
 REPAIR = "it lists the sweep's runs: restore it, or start a new sweep (the runs are kept)"
@@ -50,7 +51,7 @@ def sphere_sweep(config_path: str, grid: dict[str, list], sweep_id: str, data_ro
     for p in points:  # validate every point before any work
         load_config(config_path, {**(overrides or {}), **p})
     cfg = load_config(config_path, overrides)
-    root = Path(data_root or cfg.data_root).resolve()
+    root = as_path(data_root or cfg.data_root).resolve()
     record_path = root / "sweeps" / f"{sweep_id}.json"
     with writer_lock(record_path.with_suffix(".lock"), f"sweep {sweep_id}"):  # one writer per sweep (each run has its own lock)
         record = (read_json(record_path, REPAIR)

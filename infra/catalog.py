@@ -26,6 +26,7 @@ import pyarrow as pa
 from infra import integrity
 from infra.schemas import SCHEMAS
 from infra.storage import RunStore, StorageError
+from infra.fs import as_path, is_uri
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -45,13 +46,13 @@ def sql_list(paths) -> str:
 
 
 def catalog_path(data_root: Path) -> Path:
-    return Path(data_root) / CATALOG_FILE
+    return as_path(data_root) / CATALOG_FILE
 
 
 def committed_parts(data_root: Path) -> dict[str, list[Path]]:
     """Every committed part file under ``data_root`` that matches its marker, by table; a damaged
     shard is left out (``integrity.intact_parts``; the ``runs`` view names it)."""
-    runs = sorted(p for p in (Path(data_root) / "runs").glob("*") if p.is_dir())
+    runs = sorted(p for p in (as_path(data_root) / "runs").glob("*") if p.is_dir())
     return {name: [f for r in runs for f in integrity.intact_parts(RunStore.at(r), name)] for name in SCHEMAS}
 
 
@@ -66,7 +67,7 @@ def runs_table(data_root: Path) -> pa.Table:
     ``incomplete`` whatever its record says, with the record's status, the files and their
     repair in ``error``."""
     rows = []
-    for r in sorted(p for p in (Path(data_root) / "runs").glob("*") if (p / "config.json").is_file()):
+    for r in sorted(p for p in (as_path(data_root) / "runs").glob("*") if (p / "config.json").is_file()):
         store = RunStore.at(r)
         try:
             st = store.read_status()
@@ -98,8 +99,13 @@ def _create_views(con, data_root: Path) -> None:
             con.unregister(empty)
 
 
-def refresh(data_root: Path) -> Path:
-    """Rewrite the catalog file's views (committed parts as of now). Returns its path."""
+def refresh(data_root: Path) -> Path | None:
+    """Rewrite the catalog file's views (committed parts as of now). Returns its path; None for
+    an object-store root, which has no catalog file (its views would name ``s3://`` paths that
+    DuckDB reads only through a network extension): ``sphere query`` builds the same views in
+    memory from the markers."""
+    if is_uri(data_root):
+        return None
     root = Path(data_root).resolve()
     path = catalog_path(root)
     root.mkdir(parents=True, exist_ok=True)

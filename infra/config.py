@@ -16,6 +16,8 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from infra.fs import bad_uri, redact
+
 
 class ConfigError(ValueError):
     """A config file is missing, not YAML, or does not validate."""
@@ -413,7 +415,9 @@ class EvolveConfig(_Model):
 
 class RunConfig(_Model):
     name: str = Field("quickstart", description="Run name; prefix of the run id.")
-    data_root: str = Field("data", description="Where runs, the catalog and quarantine live; relative to the current directory.")
+    data_root: str = Field("data", description="Where runs, the catalog and quarantine live: a folder (relative to the current "
+                           "directory) or an object-store URI, s3://bucket/prefix (credentials and endpoint from the environment: "
+                           "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION; never in the config).")
     seed: int = Field(0, description="Master seed of sampling; with the same seed a run's chains are identical.")
     seeds: SeedsConfig = Field(default_factory=BuiltinSeeds, description="Where problems come from.")
     policy: BackendConfig = Field(default_factory=TinyBackend, description="The policy model backend.")
@@ -438,6 +442,13 @@ class RunConfig(_Model):
         "commits, and engine pools live as long as a remaining stage needs them; barrier: each stage waits for the whole "
         "previous stage and closes its pool at its end (the factory before streaming; kept as the benchmark baseline). "
         "The rows are identical either way.")
+
+    @model_validator(mode="after")
+    def _data_root_uri(self):
+        why = bad_uri(self.data_root)
+        if why:
+            raise ValueError(f"data_root {redact(self.data_root)!r} cannot be used: {why}")
+        return self
 
     @model_validator(mode="after")
     def _step_pairs_for_training(self):

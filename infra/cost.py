@@ -76,7 +76,7 @@ def run_cost(store) -> dict[str, dict]:
     A stage that never called an engine pool records nothing and is absent."""
     out: dict[str, dict] = {}
     first: dict[str, float] = {}
-    for path in sorted(Path(store.run_dir, "_done", "stages").glob("*.json")):
+    for path in sorted((store.run_dir / "_done" / "stages").glob("*.json")):
         stage, _, shard = path.name.removesuffix(".json").partition(".")
         if not store.stage_done(stage, shard):
             continue

@@ -10,7 +10,9 @@ writer never leaves a run locked; the file stays, naming the last holder.
 Within one process the lock is reentrant (the CLI takes it to print a clean refusal, then the
 flow it calls takes it again). Readers (``query``, ``report``, ``export``) never take it.
 flock is local to a machine (and to NFS clients that support it): two hosts writing one run on
-a file system without lock support are not stopped.
+a file system without lock support are not stopped. On an object-store data root (``infra.fs``)
+the lock is a local file under the cache folder standing for the run's URI: it keeps writers on
+one host apart, not writers on two hosts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from infra.fs import StorePath, as_path, lock_file, writer_cache
 
 LOCK_NAME = "writer.lock"
 
@@ -78,7 +82,7 @@ def writer_lock(path: Path | str, what: str) -> Iterator[Path]:
     """Hold the exclusive writer lock ``path`` for the block (``what`` names the thing locked in
     the refusal, e.g. ``run r1``). ``WriterLocked`` at once when another process holds it;
     reentrant within this process. Yields the lock file's path."""
-    key = os.path.abspath(path)
+    key = os.path.abspath(lock_file(as_path(path)) if isinstance(as_path(path), StorePath) else path)
     with _GUARD:
         if key in _HELD:
             _HELD[key][1] += 1
@@ -100,7 +104,11 @@ def run_lock(run_dir: Path | str) -> Iterator[Path]:
     """The writer lock of a run, ``<run_dir>/writer.lock``. Taken for a run that does not exist
     yet, it creates the directory; if no ``config.json`` was written by the time it is released
     (the run never started), the lock file and the then empty directory are removed again."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
+    if isinstance(run_dir, StorePath):  # an object store has no locks and no empty folders: a local lock file
+        with writer_lock(run_dir / LOCK_NAME, f"run {run_dir.name}") as path, writer_cache(run_dir):
+            yield path
+        return
     new = not run_dir.exists()
     with writer_lock(run_dir / LOCK_NAME, f"run {run_dir.name}") as path:
         try:

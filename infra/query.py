@@ -39,6 +39,7 @@ import pyarrow.dataset as pads
 from infra.catalog import CatalogError, catalog_path, committed_parts, runs_table
 from infra.schemas import SCHEMAS
 from infra.storage import StorageError
+from infra.fs import as_path, parquet_source, snapshot
 
 BATCH_ROWS = 10_000
 ALLOWED = "SELECT"
@@ -131,10 +132,11 @@ def sandbox(data_root: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     try:
         for statement in _CLOSE_FILE_SYSTEM:
             con.execute(statement)
-        con.register("runs", runs_table(data_root))
-        for name, parts in committed_parts(data_root).items():
-            schema = SCHEMAS[name]
-            con.register(name, pads.dataset([str(p) for p in parts], schema=schema, format="parquet") if parts else schema.empty_table())
+        with snapshot(as_path(data_root) / "runs"):  # an object store: one listing, each record read once
+            con.register("runs", runs_table(data_root))
+            for name, parts in committed_parts(data_root).items():
+                schema = SCHEMAS[name]
+                con.register(name, _dataset(parts, schema) if parts else schema.empty_table())
     except StorageError as e:  # a committed part changed after its commit (PartCorrupt)
         con.close()
         raise CatalogError(str(e)) from None
@@ -144,12 +146,19 @@ def sandbox(data_root: Path, memory_limit: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _dataset(parts: list, schema: pa.Schema) -> pads.Dataset:
+    """A ``pyarrow.dataset`` over exactly ``parts``: local files, or keys of an object store read
+    through its ``pyarrow.fs`` file system (so DuckDB needs no network extension)."""
+    source, fs = zip(*(parquet_source(p) for p in parts))
+    return pads.dataset(list(source), schema=schema, format="parquet", filesystem=fs[0])
+
+
 @contextlib.contextmanager
 def query_batches(data_root: Path, sql: str, *, timeout_s: float = 300.0, memory_limit: str = "2GB") -> Iterator[pa.RecordBatchReader]:
     """Run ``sql`` read-only against the committed parts under ``data_root``; yields a reader
     of its result in batches of at most ``BATCH_ROWS`` rows. Errors while reading (the time
     limit, the memory limit, DuckDB's) are ``CatalogError``s."""
-    root = Path(data_root).resolve()
+    root = as_path(data_root).resolve()
     if not catalog_path(root).is_file() and not (root / "runs").is_dir():
         raise CatalogError(f"no catalog at {catalog_path(root)}: run `sphere run` first (or pass --data-root)")
     check_read_only(sql)

@@ -41,8 +41,8 @@ def check_out(out: Path | None, fmt: str, data_root: Path) -> Path | None:
     if fmt == "table":
         raise OutputError("--out needs --format csv, json or parquet (table is for the terminal)")
     target = Path(out).expanduser().resolve()
-    root = Path(data_root).resolve()
-    if target == root or root in target.parents:
+    root = as_path(data_root).resolve()  # an object-store root: every local file is outside it
+    if isinstance(root, Path) and (target == root or root in target.parents):
         raise OutputError(f"--out {out} is inside the data root {root}; sphere query never writes there (choose a path outside it)")
     if target.is_dir():
         raise OutputError(f"--out {out} is a directory; name a file")

@@ -37,6 +37,8 @@ import json
 import os
 import shutil
 import socket
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from infra.fs import AnyPath, StorePath, as_path, cache_root, parquet_source, upload_dir
 from infra.schemas import SCHEMAS
 
 
@@ -70,7 +73,7 @@ def read_json(path: Path, repair: str) -> dict:
     empty, truncated, not UTF-8, not a JSON object or unreadable. A missing file raises
     ``FileNotFoundError`` (callers that allow absence check first)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = as_path(path).read_text(encoding="utf-8")
         obj = json.loads(text)
     except FileNotFoundError:
         raise
@@ -89,10 +92,18 @@ def read_json(path: Path, repair: str) -> dict:
 _VERIFIED: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> sha256 already checked in this process
 
 
-def verify_part(path: Path, marker: dict) -> Path:
+def verify_part(path: AnyPath, marker: dict) -> Path:
     """``path`` if its size, row count and sha256 equal what ``marker`` recorded at commit,
     else ``PartCorrupt``. A file whose (inode, size, mtime) this process verified before is
-    not hashed again; any rewrite of the file changes them."""
+    not hashed again; any rewrite of the file changes them.
+
+    A part on an object store (``StorePath``) is read once into this host's part cache
+    (``cache_root()/parts/<sha256>.parquet``, content-addressed), checked while it is read, and
+    the local copy is returned: every reader (DuckDB, the report, the metrics) then reads local
+    committed bytes, never the network, and never a part without its marker. Once cached, a
+    part is checked against the store's size only (one request)."""
+    if isinstance(path, StorePath):
+        return _verified_copy(path, marker)
     st = path.stat()
     key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if _VERIFIED.get(key) == marker.get("sha256"):
@@ -105,20 +116,65 @@ def verify_part(path: Path, marker: dict) -> Path:
         if sha != marker.get("sha256"):
             problem = f"sha256 {sha[:12]}..., committed {str(marker.get('sha256'))[:12]}..."
         else:
-            rows = pq.read_metadata(path).num_rows
+            rows = read_metadata(path).num_rows
             if rows != marker.get("rows"):
                 problem = f"{rows} rows, committed {marker.get('rows')}"
     if problem:
-        stage = path.parent.name.split("-")[0]
-        raise PartCorrupt(f"{path} was changed after its commit ({problem}); its data cannot be trusted. Recompute it: "
-                          f"sphere rerun {path.parents[2].name} --stage {stage}")
+        raise _part_corrupt(path, problem)
     _VERIFIED[key] = marker["sha256"]
     return path
 
 
-def file_sha256(path: Path) -> str:
+def _part_corrupt(path: AnyPath, problem: str) -> PartCorrupt:
+    stage = path.parent.name.split("-")[0]
+    return PartCorrupt(f"{path} was changed after its commit ({problem}); its data cannot be trusted. Recompute it: "
+                       f"sphere rerun {path.parents[2].name} --stage {stage}")
+
+
+def _verified_copy(path: StorePath, marker: dict) -> Path:
+    sha = str(marker.get("sha256"))
+    local = cache_root() / "parts" / f"{sha}.parquet"
+    size = path.stat().st_size
+    if "size" in marker and size != marker["size"]:
+        raise _part_corrupt(path, f"size {size:,} bytes, committed {marker['size']:,}")
+    if local.is_file():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    try:
+        with path.fs.open_input_stream(path.key) as src, open(tmp, "wb") as out:
+            while block := src.read(1 << 20):
+                h.update(block)
+                out.write(block)
+        if h.hexdigest() != sha:
+            raise _part_corrupt(path, f"sha256 {h.hexdigest()[:12]}..., committed {sha[:12]}...")
+        rows = pq.read_metadata(tmp).num_rows
+        if rows != marker.get("rows"):
+            raise _part_corrupt(path, f"{rows} rows, committed {marker.get('rows')}")
+        os.replace(tmp, local)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return local
+
+
+def read_parquet(path: AnyPath, **kw) -> pa.Table:
+    """``pq.read_table`` of a local path or a store key."""
+    source, fs = parquet_source(path)
+    return pq.read_table(source, filesystem=fs, **kw)
+
+
+def read_metadata(path: AnyPath):
+    source, fs = parquet_source(path)
+    if fs is None:
+        return pq.read_metadata(source)
+    with fs.open_input_file(source) as f:
+        return pq.read_metadata(f)
+
+
+def file_sha256(path: AnyPath) -> str:
+    h = hashlib.sha256()
+    with (path.open("rb") if isinstance(path, StorePath) else open(path, "rb")) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -149,8 +205,17 @@ RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a hidden temp file beside ``path``, fsync it, rename it onto
     ``path``. Readers see the old file or the whole new one, never a part; a crash leaves
-    at most a ``.*.tmp`` file. Returns ``path``."""
-    path = Path(path)
+    at most a ``.*.tmp`` file. Returns ``path``.
+
+    On an object store (``StorePath``) the temp file is local and is uploaded whole to ``path``:
+    the object appears only when its upload completes, so readers see the same all or nothing."""
+    path = as_path(path)
+    if isinstance(path, StorePath):
+        with tempfile.TemporaryDirectory(prefix="sphere-upload-") as d:
+            tmp = Path(d) / path.name
+            write(tmp)
+            path.upload(tmp)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -166,8 +231,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 def atomic_write_dir(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a fresh hidden temp directory beside ``path``, then swap it in
     for ``path`` (the old directory, if any, is renamed aside and removed). Readers never see
-    a half-written directory; a crash leaves at most ``.*.tmp`` directories. Returns ``path``."""
-    path = Path(path)
+    a half-written directory; a crash leaves at most ``.*.tmp`` directories. Returns ``path``.
+
+    On an object store the folder is written locally, the old keys under ``path`` are deleted and
+    the files uploaded with ``_files.json`` last (``infra.fs.upload_dir``); what commits it is the
+    caller's marker, written after this returns."""
+    path = as_path(path)
+    if isinstance(path, StorePath):
+        with tempfile.TemporaryDirectory(prefix="sphere-upload-") as d:
+            write(Path(d))
+            path.rmtree()
+            upload_dir(Path(d), path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
@@ -194,19 +269,19 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
 
 @dataclass(frozen=True)
 class RunStore:
-    data_root: Path
+    data_root: AnyPath  # a local Path or a StorePath (infra.fs)
     run_id: str
 
     @classmethod
     def at(cls, run_dir: str | Path) -> RunStore:
         """The store of the run directory ``<data_root>/runs/<run_id>``."""
-        path = Path(run_dir)
+        path = as_path(run_dir)
         return cls(path.parent.parent, path.name)
 
     @classmethod
     def open(cls, data_root: str | Path, run_id: str) -> RunStore:
         """The store of an existing run; ``RunNotFound`` naming where it looked otherwise."""
-        store = cls(Path(data_root).resolve(), run_id)
+        store = cls(as_path(data_root).resolve(), run_id)
         if not store.exists():
             raise RunNotFound(f"run {run_id!r} not found under {store.data_root / 'runs'}")
         return store
@@ -227,14 +302,14 @@ class RunStore:
     def repair(self, path: Path) -> str:
         """How to repair ``path`` of this run when it is damaged or missing (every message naming
         such a file says it): a record of a shard is recomputed by a resume; the config cannot be."""
-        run, name = self.run_id, Path(path).name
+        run, name = self.run_id, as_path(path).name
         if name == "config.json":
             return (f"it holds the run's settings and cannot be recomputed: restore it from a copy, or move the run "
                     f"aside (mv {self.run_dir} <elsewhere>) so that it no longer shows among the runs")
         if name == "status.json":
             return f"it only records how the run went: `sphere run --resume {run}` writes it anew"
         parts = name.split(".")
-        if Path(path).parent.name == "_done" and not name.endswith(".manifest.json") and len(parts) > 2:
+        if as_path(path).parent.name == "_done" and not name.endswith(".manifest.json") and len(parts) > 2:
             stage = parts[1].split("-")[0]  # <table>.<stage>[-<table>].<shard>.json
         else:  # _done/stages/<stage>.<shard>.json, _done/<stage>.manifest.json
             stage = parts[0]
@@ -281,7 +356,7 @@ class RunStore:
         m = self.marker(table_name, stage, shard)
         if m is None:
             raise StorageError(f"{table_name}/{stage}/{shard} is not finished in {self.run_dir}")
-        return pq.read_table(verify_part(self.part_path(table_name, stage, shard), m))
+        return read_parquet(verify_part(self.part_path(table_name, stage, shard), m))
 
     def committed_shards(self, table_name: str, stage: str | None = None) -> list[tuple[str, str]]:
         """(stage, shard) of every finished shard of a table (optionally of one stage), in order."""
@@ -369,7 +444,7 @@ class RunStore:
 
     def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
         """All finished shards of a table (optionally of one stage, each verified), or an empty table."""
-        parts = [pq.read_table(f) for f in self.committed_parts(table_name, stage)]
+        parts = [read_parquet(f) for f in self.committed_parts(table_name, stage)]
         schema = SCHEMAS.get(table_name)
         if not parts:
             if schema is None:
@@ -455,6 +530,11 @@ class RunStore:
     def log_config_change(self, stage: str, changes: dict) -> dict:
         """Append one entry (when, which stage, {field: {old, new}}) to ``reruns.jsonl``."""
         entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "changes": changes}
-        with open(self.run_dir / "reruns.jsonl", "a") as f:
+        path = self.run_dir / "reruns.jsonl"
+        if isinstance(path, StorePath):  # no append on an object store: the log is rewritten whole
+            old = path.read_text() if path.is_file() else ""
+            path.write_text(old + json.dumps(entry) + "\n")
+            return entry
+        with open(path, "a") as f:
             f.write(json.dumps(entry) + "\n")
         return entry

@@ -31,6 +31,7 @@ sample weights and equals ``vendi_score.score_dual`` (checked in tests).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zlib
@@ -47,6 +48,7 @@ from prefect.cache_policies import NO_CACHE
 from infra.catalog import sql_list, sql_string
 from infra.config import DedupConfig, MetricsConfig
 from infra.embed import get_embedder, hashed_ngrams
+from infra.fs import StorePath, cache_root
 from infra.schemas import from_rows
 from infra.storage import RunStore
 from tasks.common import RunContext
@@ -441,6 +443,10 @@ class _ParquetSink:
 
 
 def embeddings_path(store: RunStore) -> Path:
+    """Where the chain embeddings go: in the run folder, or (object-store root: DuckDB reads it
+    locally) in this host's cache, under a name of the run's URI."""
+    if isinstance(store.run_dir, StorePath):
+        return cache_root() / "work" / hashlib.sha256(str(store.run_dir).encode()).hexdigest()[:16] / "embeddings.parquet"
     return store.run_dir / "metrics" / STAGE / "embeddings.parquet"
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from infra.catalog import sql_list
 from infra.config import backend_name
 from infra.cost import cost_rows, run_cost
+from infra.fs import as_path, snapshot
 from infra.storage import RunStore, atomic_write_text
 from tasks.data_view import data_view_html, sample_records
 from tasks.metrics import ops_by_problem_sql
@@ -103,6 +104,12 @@ def choices(cfg: dict) -> list[tuple[str, str]]:
 
 
 def load_run(run_dir: str | Path) -> RunData:
+    """What the report shows of one run (on an object store, read from one snapshot of it)."""
+    with snapshot(run_dir):
+        return _load_run(run_dir)
+
+
+def _load_run(run_dir: str | Path) -> RunData:
     import duckdb
 
     store = RunStore.at(run_dir)
@@ -310,7 +317,7 @@ def render_html(runs: list[RunData], out: Path) -> Path:
         parts.append(f"<h2>{html.escape(title)}</h2><img class='plot' alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     parts.append(data_view_html(main.records))
     parts.append(f"<div id='render-check'>not checked</div><script>{CHECK_JS}</script></body></html>")
-    return atomic_write_text(Path(out), "".join(parts))
+    return atomic_write_text(as_path(out), "".join(parts))
 
 
 def qdc_rows(r: RunData) -> list[dict]:
@@ -353,5 +360,5 @@ def build_report(run_dirs: list[str | Path], out: Path | None = None) -> tuple[P
     """Load runs and write their report; default path ``<first run>/report.html``."""
     runs = [load_run(d) for d in run_dirs]
     if out is None:
-        out = Path(runs[0].run_dir) / ("report.html" if len(runs) == 1 else f"compare-{len(runs)}-runs.html")
+        out = as_path(runs[0].run_dir) / ("report.html" if len(runs) == 1 else f"compare-{len(runs)}-runs.html")
     return render_html(runs, out), runs

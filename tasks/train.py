@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.backends.tiny import NAMED
 from infra.config import TrainConfig
+from infra.fs import StorePath, cache_root, localize
 from infra.schemas import from_rows, stable_id
 from infra.storage import atomic_write_dir
 from infra.trainers import TrainError, TrainJob, TrainResult, train
@@ -36,9 +37,9 @@ STAGE = "train"
 def policy_checkpoint(policy) -> Path:
     """The local Hugging Face checkpoint directory of a policy backend (what training starts from)."""
     if policy.kind == "tiny":
-        return NAMED.get(policy.checkpoint, Path(policy.checkpoint))
+        return NAMED.get(policy.checkpoint) or Path(localize(policy.checkpoint))
     if policy.kind == "vllm":
-        return Path(policy.model)
+        return Path(localize(policy.model))
     raise TrainError(f"training needs the policy as a local Hugging Face checkpoint; a {policy.kind!r} backend has none "
                      "(train a tiny or vllm policy)")
 
@@ -109,11 +110,14 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
     if not ctx.is_done(STAGE, shard, fp):
         mid = model_id(ctx.run_id, cfg.round)
         base = store.run_dir / "models" / STAGE
+        # the trainer writes local files: on an object-store root its work folder is in this host's
+        # cache and only the final checkpoint goes to the store
+        work = (cache_root() / "work" / hashlib.sha256(str(base).encode()).hexdigest()[:16]) if isinstance(base, StorePath) else base
         policy_dir = policy_checkpoint(cfg.policy)
         pairs = training_pairs(store.read_table("pairs"), store.read_table("step_pairs"), cfg.train.pair_level,
                                cfg.search.step_separator)
         result = train_policy(pairs, store.read_table("sft"), cfg.train, policy_dir=policy_dir,
-                              out_dir=work_dir(base, mid, fp))
+                              out_dir=work_dir(work, mid, fp))
         dest = base / mid
         atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))
         n = result.n_train + result.n_val  # training examples: pairs, or SFT rows for method sft

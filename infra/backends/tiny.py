@@ -29,7 +29,9 @@ class TinyGenerator:
 
         from infra.tiny.hf import is_pretrained_dir, load_pretrained
 
-        path = NAMED.get(cfg.checkpoint, Path(cfg.checkpoint))
+        from infra.fs import as_path, localize
+
+        path = NAMED.get(cfg.checkpoint) or Path(localize(cfg.checkpoint))  # a checkpoint on an object store: a verified local copy
         if path.suffix == ".pt" and path.is_file():
             raise BackendUnavailable(f"{path} is the former .pt format: convert it with `python -m infra.tiny.hf {path} OUT_DIR`")
         if not is_pretrained_dir(path):
@@ -40,7 +42,7 @@ class TinyGenerator:
         except ValueError as e:
             raise BackendUnavailable(f"{path} is not a tiny-compatible checkpoint: {e}") from e
         self.batch_size = cfg.batch_size
-        self.model_name = f"tiny:{path.name}"
+        self.model_name = f"tiny:{as_path(cfg.checkpoint).name if cfg.checkpoint not in NAMED else path.name}"
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         from infra.tiny.model import sample

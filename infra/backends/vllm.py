@@ -103,8 +103,10 @@ def is_client_error(e: BaseException) -> bool:
 def engine_kwargs(cfg: VLLMBackend, cpu: bool = False) -> dict:
     """The engine's constructor arguments: the config's, the CPU build's settings when ``cpu``,
     then ``engine_args`` over both."""
+    from infra.fs import is_uri, localize
+
     kw = {
-        "model": cfg.model,
+        "model": localize(cfg.model) if is_uri(cfg.model) else cfg.model,  # a checkpoint on an object store: a verified local copy on this host
         "tensor_parallel_size": cfg.tensor_parallel_size,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "max_num_seqs": cfg.max_num_seqs,
