@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact

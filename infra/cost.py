@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 FIELDS = ("requests", "completions", "prompt_tokens", "completion_tokens", "engine_seconds")
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import urllib.parse
 from contextlib import contextmanager

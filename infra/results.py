@@ -22,6 +22,8 @@ from typing import BinaryIO, Iterable
 
 import pyarrow as pa
 
+from infra.fs import as_path
+
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_ROWS = 200
 
