@@ -1,5 +1,7 @@
 """A run on a real multi-node Ray cluster (``pool.address``) that loses a worker node in the
 middle of its generation stage, and still ends with exactly the rows of an uninterrupted run.
+The trial's data root is on an object store (a real S3 API server, moto's, on 127.0.0.1): the
+cluster's hosts share no folder, only the bucket; the reference run's root is a local folder.
 
 The cluster (Ray's own ``ray.cluster_utils.Cluster``: a head and two worker nodes, each a
 raylet with its own CPUs and ``sphere_worker`` resources, all on this machine) and the trial
@@ -22,9 +24,20 @@ from tests.conftest import ROOT
 from tests.support.cluster_trial import CONFIG, compare, overrides, rows_of
 
 
+@pytest.fixture
+def s3(tmp_path):
+    from tests.support.s3 import S3Server
+
+    server = S3Server(log_dir=tmp_path)
+    yield server
+    server.stop()
+
+
 @pytest.mark.slow
-def test_a_run_on_a_cluster_loses_a_worker_node_mid_stage_and_keeps_every_row_once(prefect_api, tmp_path):
+def test_a_run_on_a_cluster_loses_a_worker_node_mid_stage_and_keeps_every_row_once(prefect_api, tmp_path, s3):
     from prefect.settings import PREFECT_API_URL
+
+    from tests.support.s3 import restore, use_in_process
 
     ray_tmp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")  # short: Ray's socket paths live under it
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONUNBUFFERED": "1",
@@ -34,8 +47,9 @@ def test_a_run_on_a_cluster_loses_a_worker_node_mid_stage_and_keeps_every_row_on
     reference = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(CONFIG), "--data-root", str(tmp_path / "ref"), *sets],
                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        trial = subprocess.run([sys.executable, "-m", "tests.support.cluster_trial", str(tmp_path / "cluster"), "--no-reference"],
-                               cwd=ROOT, env={**env, "RAY_TMPDIR": ray_tmp}, capture_output=True, text=True, timeout=420)
+        trial = subprocess.run([sys.executable, "-m", "tests.support.cluster_trial", s3.uri("cluster"), "--no-reference"], cwd=ROOT,
+                               env={**env, **s3.env, "RAY_TMPDIR": ray_tmp, "SPHERE_CACHE": str(tmp_path / "cache")},
+                               capture_output=True, text=True, timeout=420)
         _, ref_err = reference.communicate(timeout=420)
     finally:
         reference.kill()
@@ -45,7 +59,12 @@ def test_a_run_on_a_cluster_loses_a_worker_node_mid_stage_and_keeps_every_row_on
     assert trial.returncode == 0 and lines, (trial.stdout + trial.stderr)[-5000:]
     r = json.loads(lines[-1].removeprefix("CLUSTER_TRIAL "))
     ref_run = next(p for p in (tmp_path / "ref" / "runs").iterdir() if p.name != "_schema")
-    rows = compare(rows_of(str(ref_run)), rows_of(r["run_dir"]))
+    assert r["run_dir"].startswith(s3.uri("cluster") + "/trial/runs/")  # the trial ran on the store
+    old = use_in_process(s3)
+    try:
+        rows = compare(rows_of(str(ref_run)), rows_of(r["run_dir"]))
+    finally:
+        restore(old)
     print(f"\nnode-loss trial: rows lost = {rows['rows_lost']}, rows doubled = {rows['rows_doubled']} "
           f"(pool retries {r['pool_retries']}; node killed after {r['killed'].get('at_markers')}/{r['generation_shards']} "
           f"generation shards; seconds {r['seconds']}; per table {rows['tables']})")

@@ -19,7 +19,7 @@ on. Set ``RAY_TMPDIR`` to a short private folder: the cluster writes its address
 sessions there instead of /tmp/ray, where a plain ``ray.init()`` elsewhere on the machine
 would find it.
 
-    RAY_TMPDIR=$(mktemp -d /tmp/rayc.XXXX) python -m tests.support.cluster_trial OUT_DIR [--no-reference]
+    RAY_TMPDIR=$(mktemp -d /tmp/rayc.XXXX) python -m tests.support.cluster_trial OUT_DIR_OR_URI [--no-reference]
 """
 
 from __future__ import annotations
@@ -118,10 +118,15 @@ def backend_actors() -> dict[str, dict]:
             for a, v in ray._private.state.actors().items() if v["ActorClassName"].endswith("BackendActor")}
 
 
-def main(out: Path, reference: bool = True) -> dict:
+def main(out: str | Path, reference: bool = True) -> dict:
     """The trial (and, with ``reference``, the uninterrupted run first, on the same cluster);
-    the figures as a dict. Without ``reference`` the caller compares ``run_dir`` itself."""
+    the figures as a dict. Without ``reference`` the caller compares ``run_dir`` itself.
+    ``out`` is a folder or an object-store URI (``s3://bucket/prefix``: the data root of both)."""
     import ray
+
+    from infra.fs import as_path
+
+    out = as_path(out)
     from ray.cluster_utils import Cluster
 
     t0 = time.time()
@@ -203,5 +208,5 @@ def main(out: Path, reference: bool = True) -> dict:
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--no-reference"]
-    res = main(Path(args[0]), reference="--no-reference" not in sys.argv)
+    res = main(args[0], reference="--no-reference" not in sys.argv)
     print("CLUSTER_TRIAL " + json.dumps(res, sort_keys=True), flush=True)
