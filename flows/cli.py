@@ -282,7 +282,8 @@ def _data_root(option: Optional[str], config_root: str | None = None) -> AnyPath
     """--data-root, else $SPHERE_DATA_ROOT, else the config's data_root, else ``data``: a local
     folder or an object-store URI (``infra.fs``); a malformed URI is one red message, exit 2."""
     try:
-        return as_path(option or os.environ.get("SPHERE_DATA_ROOT") or config_root or "data").resolve()
+        root = as_path(option or os.environ.get("SPHERE_DATA_ROOT") or config_root or "data").resolve()
+        return root.check_reachable() if is_uri(root) else root
     except StoreError as e:
         console.print(f"[red]{e}[/red]", soft_wrap=True)
         raise typer.Exit(2)

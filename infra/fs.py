@@ -301,6 +301,20 @@ class StorePath:
         return True
 
     # -- the store -----------------------------------------------------------------------------
+    def check_reachable(self) -> StorePath:
+        """This path if its bucket exists and answers; ``StoreError`` saying which of the two
+        failed (no credentials, no bucket, no server at the endpoint) otherwise."""
+        bucket = self.key.split("/", 1)[0]
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the default endpoint"
+        try:
+            kind = self.fs.get_file_info(bucket).type
+        except OSError as e:
+            raise StoreError(f"the data root {self} cannot be reached ({self.scheme} at {endpoint}): {str(e).splitlines()[0]}") from None
+        if kind == pafs.FileType.NotFound:
+            raise StoreError(f"the data root {self} cannot be used: bucket {bucket!r} does not exist at {endpoint} "
+                             "(or these credentials cannot see it); create it first")
+        return self
+
     @property
     def fs(self) -> pafs.FileSystem:
         return filesystem(self.scheme, self.key.split("/", 1)[0])

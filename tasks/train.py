@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.backends.tiny import NAMED
 from infra.config import TrainConfig
-from infra.fs import StorePath, cache_root, localize
+from infra.fs import StorePath, cache_root, is_uri, localize
 from infra.schemas import from_rows, stable_id
 from infra.storage import atomic_write_dir
 from infra.trainers import TrainError, TrainJob, TrainResult, train
@@ -42,6 +42,11 @@ def policy_checkpoint(policy) -> Path:
         return Path(localize(policy.model))
     raise TrainError(f"training needs the policy as a local Hugging Face checkpoint; a {policy.kind!r} backend has none "
                      "(train a tiny or vllm policy)")
+
+
+def _source(policy) -> str:
+    """The policy's checkpoint as the run names it (a path or an object-store URI)."""
+    return str(policy.checkpoint if policy.kind == "tiny" else getattr(policy, "model", ""))
 
 
 def trained_backend(policy, path: str | Path):
@@ -95,9 +100,12 @@ def training_pairs(pairs: pa.Table, step_pairs: pa.Table, level: str, separator:
     return pa.concat_tables([p.cast(chains.schema) for p in parts])
 
 
-def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy_dir: Path, out_dir: Path) -> TrainResult:
-    """Train from ``policy_dir`` (also the reference) on ``pairs`` / ``sft``; see ``infra.trainers``."""
-    return train(TrainJob(policy_dir=policy_dir, reference_dir=policy_dir, pairs=pairs, sft=sft, cfg=section, out_dir=out_dir))
+def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy_dir: Path, out_dir: Path,
+                 policy_source: str | None = None, publish_to: str | None = None) -> TrainResult:
+    """Train from ``policy_dir`` (also the reference) on ``pairs`` / ``sft``; see ``infra.trainers``
+    (``policy_source`` / ``publish_to``: an object-store data root, ``TrainJob``)."""
+    return train(TrainJob(policy_dir=policy_dir, reference_dir=policy_dir, pairs=pairs, sft=sft, cfg=section, out_dir=out_dir,
+                          policy_source=policy_source, publish_to=publish_to))
 
 
 @task(name=STAGE, task_run_name=STAGE + "-{shard}", cache_policy=NO_CACHE)
@@ -116,10 +124,14 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
         policy_dir = policy_checkpoint(cfg.policy)
         pairs = training_pairs(store.read_table("pairs"), store.read_table("step_pairs"), cfg.train.pair_level,
                                cfg.search.step_separator)
-        result = train_policy(pairs, store.read_table("sft"), cfg.train, policy_dir=policy_dir,
-                              out_dir=work_dir(work, mid, fp))
         dest = base / mid
-        atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))
+        on_store = isinstance(dest, StorePath)
+        source = _source(cfg.policy)
+        result = train_policy(pairs, store.read_table("sft"), cfg.train, policy_dir=policy_dir, out_dir=work_dir(work, mid, fp),
+                              policy_source=source if on_store and is_uri(source) else None,
+                              publish_to=str(dest) if on_store else None)
+        if not result.published:  # a trainer in this process (or on a folder root): copied into place here
+            atomic_write_dir(dest, lambda tmp: shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True))
         n = result.n_train + result.n_val  # training examples: pairs, or SFT rows for method sft
         examples = {"pairs": 0, "sft_rows": n} if cfg.train.method == "sft" else {"pairs": n, "sft_rows": 0}
         log = from_rows([{"run_id": ctx.run_id, "model_id": mid, **r} for r in result.rows], "train_log")

@@ -67,6 +67,12 @@ class TrainJob:
     token; the ``trl`` trainer refuses them). ``sft``: rows with ``prompt,
     completion`` (+ ``problem_id``), read when ``cfg.method == "sft"`` and
     ``cfg.sft_source == "sft"``. ``out_dir``: where checkpoints and the log go.
+
+    With an object-store data root (a trainer that may run on another host than the driver):
+    ``policy_source``, the starting checkpoint as the run names it (an ``s3://`` URI, copied
+    to the trainer's host with ``infra.fs.localize``; None: ``policy_dir`` is valid there), and
+    ``publish_to``, the store folder the trainer uploads the final checkpoint to from its own
+    host (``TrainResult.published``); its epoch checkpoints stay on that host.
     """
 
     policy_dir: Path
@@ -75,6 +81,8 @@ class TrainJob:
     sft: Rows | None = None
     cfg: TrainConfig = field(default_factory=TrainConfig)
     out_dir: Path
+    policy_source: str | None = None
+    publish_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class TrainResult:
     resumed_from_epoch: int
     seconds: float
     step_seconds: float | None = None
+    published: bool = False  # the trainer uploaded final_dir to the job's publish_to itself
 
 
 class Trainer(Protocol):

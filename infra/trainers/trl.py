@@ -244,10 +244,26 @@ def train_here(job: TrainJob) -> TrainResult:
 
 
 class _GpuActor:
-    """Ray actor body: runs ``train_here`` on the GPUs Ray gave it."""
+    """Ray actor body: runs ``train_here`` on the GPUs Ray gave it. With ``job.publish_to``
+    (an object-store data root) it needs nothing of the driver's disk: it copies the starting
+    checkpoint from the store to its host (``policy_source``), trains in its host's cache and
+    uploads the final checkpoint to the store itself."""
 
     def train(self, job: TrainJob) -> TrainResult:
-        return train_here(job)
+        if not job.publish_to:
+            return train_here(job)
+        import dataclasses
+        import hashlib
+
+        from infra.fs import as_path, cache_root, localize, upload_dir
+
+        start = Path(localize(job.policy_source)) if job.policy_source else job.policy_dir
+        work = cache_root() / "work" / hashlib.sha256(job.publish_to.encode()).hexdigest()[:16] / job.out_dir.name
+        result = train_here(dataclasses.replace(job, policy_dir=start, reference_dir=start, out_dir=work))
+        dest = as_path(job.publish_to)
+        dest.rmtree()
+        upload_dir(result.final_dir, dest)
+        return dataclasses.replace(result, published=True)
 
 
 def train_in_ray(job: TrainJob, runtime_env: dict | None = None) -> TrainResult:

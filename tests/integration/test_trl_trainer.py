@@ -109,6 +109,38 @@ def test_the_gpu_path_runs_the_job_in_a_ray_actor(tmp_path):
             ray.shutdown()
 
 
+def test_the_gpu_path_on_an_object_store_root_needs_nothing_of_the_drivers_disk(tmp_path):
+    """The actor copies the starting checkpoint from the store (moto's S3 server on 127.0.0.1)
+    and uploads the final one itself: the job it receives names both by URI, and its local
+    paths (``policy_dir``, ``out_dir``) point at nothing."""
+    import ray
+
+    from infra.fs import as_path, localize, upload_dir
+    from tests.support.s3 import S3Server, restore, use_in_process
+
+    server = S3Server(log_dir=tmp_path)
+    old = use_in_process(server)
+    started = not ray.is_initialized()
+    try:
+        upload_dir(SMALL, as_path(server.uri("models/start")))
+        pairs = pj.read_json(export_file(tmp_path, 12)).to_pylist()
+        nowhere = tmp_path / "not-on-the-actors-host"
+        job = TrainJob(policy_dir=nowhere, reference_dir=nowhere, pairs=pairs, out_dir=nowhere / "m1.work",
+                       cfg=TrainConfig(kind="trl", method="rpo", epochs=1, max_steps=2, batch_size=4, val_share=0.0),
+                       policy_source=server.uri("models/start"), publish_to=server.uri("runs/r/models/train/m1"))
+        env = {**server.env, "SPHERE_CACHE": str(tmp_path / "actor-cache")}  # the actor host's own credentials and cache
+        r = trl_trainer.train_in_ray(job, runtime_env={"env_vars": env})
+        assert r.published and r.steps == 2 and not nowhere.exists()
+        copy = localize(server.uri("runs/r/models/train/m1"))  # as the next round's actors serve it, hash-checked
+        assert load_pretrained(Path(copy))[2]["trainer"] == "trl"
+        assert str(tmp_path / "actor-cache") in str(r.final_dir)  # it trained in its own host's cache
+    finally:
+        if started:
+            ray.shutdown()
+        restore(old)
+        server.stop()
+
+
 def test_a_diverging_trl_training_stops_naming_the_step_and_writes_no_final(tmp_path):
     pairs = pj.read_json(export_file(tmp_path, 24))
     with pytest.raises(TrainDiverged, match=r"diverged at step \d+") as e:

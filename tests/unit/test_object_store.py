@@ -150,3 +150,13 @@ def test_a_model_folder_on_the_store_is_copied_once_and_checked_by_hash(s3, tmp_
     (other / "sub" / "weights.bin").write_bytes(b"tampered")
     with pytest.raises(StoreError, match=r"models/m2/sub/weights\.bin does not match its recorded sha256"):
         localize(str(other))
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_naming_it(s3, tmp_path):
+    env = {**os.environ, **s3.env, "COLUMNS": "300", "SPHERE_CACHE": str(tmp_path)}
+    for args in (["query", "select 1"], ["run", "--n", "4"]):
+        res = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--data-root", "s3://no-such-bucket/x"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120, env=env)
+        out = res.stdout + res.stderr
+        assert res.returncode == 2 and "bucket 'no-such-bucket' does not exist" in out, out
+        assert "Traceback" not in out and len(out.strip().splitlines()) == 1 and s3.secret not in out, out
