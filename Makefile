@@ -69,7 +69,9 @@ quickstart: setup
 # The vllm tier needs the worker environment; if it cannot be built the tier is skipped, loudly.
 test: setup browser
 	@$(MAKE) --no-print-directory worker-env || echo "WARNING: the vLLM worker environment could not be built: the vllm test tier will be SKIPPED" >&2
-	$(VENV)/bin/python -m pytest tests -n 2 --dist loadfile --durations=40 --ignore=tests/integration/test_deployment.py
+	# the long files first (engines, whole runs), the unit tests last: xdist hands out whole files in this
+	# order, so the unit tests fill the end instead of a 2-minute vllm file starting when the other worker is done
+	$(VENV)/bin/python -m pytest tests/vllm tests/integration tests/gpu tests/unit -n 2 --dist loadfile --durations=40 --ignore=tests/integration/test_deployment.py
 	# the deployment test's own Prefect server and worker run alone: beside the parallel suite its SQLite server answered 503
 	$(VENV)/bin/python -m pytest tests/integration/test_deployment.py --durations=5
 

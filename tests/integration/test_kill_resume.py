@@ -1,29 +1,20 @@
-"""SIGKILL a real `sphere run` mid-stage, resume it, and compare with an uninterrupted run."""
+"""SIGKILL a real `sphere run` between a part's upload and its marker on an object store (moto's
+S3 server), resume it, and compare with an uninterrupted run on a local folder. (kill -9 of a
+run on a local folder, resumed: tests/vllm/test_run.py, tests/integration/test_lifetime.py.)"""
 
 import csv
 import io
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import ROOT
 
 SPHERE = [sys.executable, "-m", "flows.cli"]
-SETS = ["--set", "seeds.n=16", "--set", "generation.shard_size=2", "--set", "generation.concurrency=1", "--set", "pool.actors=1"]
-
-
-def chains_of(root: Path) -> tuple[dict, int, int, str]:
-    """(chains of every stage by id, row count, generation row count, run id)."""
-    run = next(p for p in (root / "runs").iterdir() if p.name != "_schema")
-    rows = [r for f in sorted((run / "chains").rglob("part-*.parquet")) for r in pq.read_table(f).to_pylist()]
-    gen = sum(r["stage"] == "generation" for r in rows)
-    return {r["chain_id"]: (r["stage"], r["text"], r["verdict"]) for r in rows}, len(rows), gen, run.name
+SETS = ["--set", "seeds.n=8", "--set", "generation.shard_size=2", "--set", "generation.concurrency=1", "--set", "pool.actors=1"]
 
 
 @pytest.fixture(scope="module")
@@ -36,37 +27,7 @@ def local_run(tmp_path_factory) -> Path:
     return a
 
 
-def test_sigkill_mid_stage_then_resume_gives_the_same_chains(tmp_path, local_run):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    a, b = local_run, tmp_path / "b"
-    want, want_n, want_gen, _ = chains_of(a)
-    assert want_gen == 32 and len(want) == want_n > 32  # generation, then self-correction and diversity
-
-    proc = subprocess.Popen(SPHERE + ["run", "--data-root", str(b)] + SETS, cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        markers = list(b.glob("runs/*/_done/chains.generation.*.json"))
-        if 2 <= len(markers) < 8:
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed_at = len(markers)
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=30)
-    assert killed_at is not None, "the run finished or stalled before it could be killed mid-stage"
-    _, _, partial_gen, run_id = chains_of(b)
-    assert partial_gen < 32
-
-    resumed = subprocess.run(SPHERE + ["run", "--resume", run_id, "--data-root", str(b)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    got, got_n, got_gen, _ = chains_of(b)
-    assert got_gen == 32 and got_n == want_n  # none lost, none doubled
-    assert got == want  # same ids, same text, same verdicts as the uninterrupted run, in every stage
-
-
-# The same kill on an object-store data root: a real S3 API server (moto's) on 127.0.0.1.
+# The kill on an object-store data root: a real S3 API server (moto's) on 127.0.0.1.
 DATA_TABLES = ("problems", "chains", "pairs", "step_pairs", "sft", "routes", "quarantine", "metrics")
 
 
@@ -124,7 +85,7 @@ def test_sigkill_between_a_part_and_its_marker_on_s3_then_resume_equals_the_loca
     local_env = {**os.environ}
     want = _rows(str(local_run), local_env, [])
     got = _rows(root, env, outputs)
-    assert len(want["chains"]) > 32 and want["pairs"] and want["sft"]
+    assert len(want["chains"]) > 16 and want["pairs"] and want["sft"]
     assert got == want  # every table: none lost, none doubled, the same rows as the run on a local root
 
     # a rerun of one stage on the store recomputes it to the same rows
