@@ -492,12 +492,6 @@ class StorePath:
 AnyPath = Union[Path, StorePath]
 
 
-def parquet_source(path: AnyPath):
-    """``(source, filesystem)`` for pyarrow readers and writers: a local path as it is, a
-    ``StorePath`` as its key with its file system."""
-    return (path.key, path.fs) if isinstance(path, StorePath) else (str(path), None)
-
-
 def cache_root() -> Path:
     """Where object-store data is cached on this host (``$SPHERE_CACHE``, else a folder under
     the user's cache directory)."""

@@ -47,7 +47,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.fs import AnyPath, StorePath, as_path, cache_root, parquet_source, upload_dir
+from infra.fs import AnyPath, StorePath, as_path, cache_root, upload_dir
 from infra.schemas import SCHEMAS
 
 
@@ -116,7 +116,7 @@ def verify_part(path: AnyPath, marker: dict) -> Path:
         if sha != marker.get("sha256"):
             problem = f"sha256 {sha[:12]}..., committed {str(marker.get('sha256'))[:12]}..."
         else:
-            rows = read_metadata(path).num_rows
+            rows = pq.read_metadata(path).num_rows
             if rows != marker.get("rows"):
                 problem = f"{rows} rows, committed {marker.get('rows')}"
     if problem:
@@ -156,20 +156,6 @@ def _verified_copy(path: StorePath, marker: dict) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return local
-
-
-def read_parquet(path: AnyPath, **kw) -> pa.Table:
-    """``pq.read_table`` of a local path or a store key."""
-    source, fs = parquet_source(path)
-    return pq.read_table(source, filesystem=fs, **kw)
-
-
-def read_metadata(path: AnyPath):
-    source, fs = parquet_source(path)
-    if fs is None:
-        return pq.read_metadata(source)
-    with fs.open_input_file(source) as f:
-        return pq.read_metadata(f)
 
 
 def file_sha256(path: AnyPath) -> str:
@@ -263,8 +249,16 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+def write_parquet_atomic(table: pa.Table, path: Path, digest: dict | None = None) -> Path:
+    """``table`` as a Parquet file at ``path`` (``atomic_write``). ``digest``, when given, receives
+    the file's ``size`` and ``sha256``, taken from the local temp file before it is renamed or
+    uploaded (on an object store, without reading the object back)."""
+    def write(tmp: Path) -> None:
+        pq.write_table(table, tmp, compression="zstd")
+        if digest is not None:
+            digest.update(size=tmp.stat().st_size, sha256=file_sha256(tmp))
+
+    return atomic_write(path, write)
 
 
 @dataclass(frozen=True)
@@ -346,8 +340,9 @@ class RunStore:
         e.g. ``fingerprint=``; ``commit="<stage>.<shard>"`` makes the part count only once
         that stage-shard marker exists). Returns the part path."""
         table = table.cast(SCHEMAS[table_name]) if table_name in SCHEMAS else table
-        path = write_parquet_atomic(table, self.part_path(table_name, stage, shard))
-        marker = {"rows": table.num_rows, "size": path.stat().st_size, "sha256": file_sha256(path), "written_at": time.time(), **meta}
+        digest: dict = {}
+        path = write_parquet_atomic(table, self.part_path(table_name, stage, shard), digest)
+        marker = {"rows": table.num_rows, **digest, "written_at": time.time(), **meta}
         atomic_write_text(self.marker_path(table_name, stage, shard), json.dumps(marker, sort_keys=True))
         return path
 
@@ -356,7 +351,7 @@ class RunStore:
         m = self.marker(table_name, stage, shard)
         if m is None:
             raise StorageError(f"{table_name}/{stage}/{shard} is not finished in {self.run_dir}")
-        return read_parquet(verify_part(self.part_path(table_name, stage, shard), m))
+        return pq.read_table(verify_part(self.part_path(table_name, stage, shard), m))
 
     def committed_shards(self, table_name: str, stage: str | None = None) -> list[tuple[str, str]]:
         """(stage, shard) of every finished shard of a table (optionally of one stage), in order."""
@@ -444,7 +439,7 @@ class RunStore:
 
     def read_table(self, table_name: str, stage: str | None = None) -> pa.Table:
         """All finished shards of a table (optionally of one stage, each verified), or an empty table."""
-        parts = [read_parquet(f) for f in self.committed_parts(table_name, stage)]
+        parts = [pq.read_table(f) for f in self.committed_parts(table_name, stage)]
         schema = SCHEMAS.get(table_name)
         if not parts:
             if schema is None:

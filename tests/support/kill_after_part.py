@@ -18,8 +18,8 @@ assert sys.argv[4] == "--"
 _write, _count = storage.write_parquet_atomic, [0]
 
 
-def write_parquet_atomic(t, path):
-    out = _write(t, path)
+def write_parquet_atomic(t, path, *args):
+    out = _write(t, path, *args)
     if path.parent.name == stage and path.parent.parent.name == table:
         _count[0] += 1
         if _count[0] == n:
