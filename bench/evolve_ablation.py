@@ -10,7 +10,7 @@ per kind (chain pairs by stage, step pairs) and the QDC of the round's generatio
 An arm whose evolve stops (a model the not-worse gate refuses) is shown up to where it
 stopped, with why. Results: a markdown table on stdout and `bench/out/evolve_ablation.json`.
 
-    python bench/evolve_ablation.py --data-root /tmp/abl --rounds 3 [--arms chain,step,both,frontier,sft,rs-sft]
+    python bench/evolve_ablation.py --data-root /tmp/abl --rounds 3 [--arms rs-sft-acc,rs-sft,chain,chain-acc,step,both,frontier,sft]
     python bench/evolve_ablation.py --data-root /tmp/abl --table-only   # re-print from the records
 """
 
@@ -29,13 +29,15 @@ sys.path.insert(0, str(ROOT))
 from flows.evolve import accuracy_by_round  # noqa: E402  (bench script: the project root goes on sys.path first)
 from infra.storage import RunStore  # noqa: E402
 
-ARMS: dict[str, dict[str, str]] = {  # arm -> --set values on top of the config (the config's own arm: "chain")
-    "chain": {},  # rpo on chain-level pairs, every round new problems (configs/evolve.yaml)
-    "step": {"train.pair_level": "step"},
-    "both": {"train.pair_level": "both"},
+ARMS: dict[str, dict[str, str]] = {  # arm -> --set values on top of the config (the config's own arm: "rs-sft-acc")
+    "rs-sft-acc": {},  # configs/evolve.yaml: rejection-sampling SFT on every round's verified chains so far
+    "rs-sft": {"evolve.accumulate": "false"},  # the same, each round on its own rows only
+    "chain": {"train.method": "rpo", "train.sft_source": "chosen", "evolve.accumulate": "false"},  # rpo on chain pairs
+    "chain-acc": {"train.method": "rpo", "train.sft_source": "chosen"},
+    "step": {"train.method": "rpo", "train.pair_level": "step", "evolve.accumulate": "false"},
+    "both": {"train.method": "rpo", "train.pair_level": "both", "evolve.accumulate": "false"},
     "frontier": {"evolve.frontier": "true"},
-    "sft": {"train.method": "sft", "train.sft_source": "chosen"},  # SFT on the chosen chains of the pairs
-    "rs-sft": {"train.method": "sft", "train.sft_source": "sft"},  # rejection sampling: every verified-correct, distinct chain
+    "sft": {"train.sft_source": "chosen"},  # SFT on the chosen chains of the pairs
 }
 QDC = (("vendi_q1", "Vendi q1"), ("distinct_2", "distinct-2"))
 
@@ -72,9 +74,16 @@ def rows_of(arm: str, record: dict, data_root: Path) -> list[dict]:
         m = {x["metric"]: x["value"] for x in store.read_table("metrics").to_pylist() if x["stage"] == "generation" and x["table"] == "chains"}
         out.append({"arm": arm, "round": r, "id": ind.get(r + 1), "ood": ood.get(r + 1), "start": ind.get(r), "test": tests.get(r + 1),
                     "pairs": rnd.get("pairs_by_stage", {}), "step_pairs": (rnd.get("counts") or {}).get("step_pairs"),
-                    "sft": (rnd.get("counts") or {}).get("sft"),
+                    "sft": (rnd.get("counts") or {}).get("sft"), "trained_on": _trained_on(rnd.get("model")),
                     "frontier": rnd.get("frontier"), "qdc": {k: m.get(k) for k, _ in QDC}, "stopped": rnd.get("stopped")})
     return out
+
+
+def _trained_on(model: dict | None) -> str:
+    """What the round's model trained on: SFT rows or pairs, this round's and replayed ones together."""
+    if not model:
+        return "-"
+    return f"{model['sft_rows']} SFT rows" if model.get("sft_rows") else f"{model.get('pairs', 0)} pairs"
 
 
 def _acc(a: dict | None) -> str:
@@ -83,7 +92,7 @@ def _acc(a: dict | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| arm | round | start acc | trained acc (ID) [95% CI] | vs start: fixed/broken, p | OOD acc [95% CI] | chain pairs | "
-            "step pairs | SFT rows | frontier kept | " + " | ".join(label for _, label in QDC) + " |")
+            "step pairs | SFT rows | trained on | frontier kept | " + " | ".join(label for _, label in QDC) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["test"]
@@ -91,7 +100,7 @@ def table(rows: list[dict]) -> str:
         cells = [r["arm"], str(r["round"]), f"{r['start']['accuracy']:.3f}" if r["start"] else "-", _acc(r["id"]),
                  f"{t['b_only']}/{t['a_only']}, p = {t['p_value']:.2g}" if t else ("stopped: " + r["stopped"][:60] if r["stopped"] else "-"),
                  _acc(r["ood"]), str(sum(r["pairs"].values())) if r["pairs"] else "-", str(r["step_pairs"] or "-"),
-                 str(r["sft"] or "-"), f"{f['kept']}/{f['problems']}" if f else "-"]
+                 str(r["sft"] or "-"), r["trained_on"], f"{f['kept']}/{f['problems']}" if f else "-"]
         cells += ["-" if r["qdc"][k] is None else f"{r['qdc'][k]:.3f}" for k, _ in QDC]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

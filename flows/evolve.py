@@ -112,6 +112,14 @@ def round_seeds(run_config: dict, round: int) -> dict:
     return {"seeds": {**seeds, "seed": seeds["seed"] + round}}
 
 
+def replay_runs(run_config: dict, evolve_id: str, round: int) -> dict:
+    """The training-data override of round ``round`` (``evolve.accumulate``): the runs of rounds
+    0..round-1 are replayed, so round r trains on every round's rows so far; ``{}`` when off."""
+    if not (run_config.get("evolve") or {}).get("accumulate", False):  # a record from before the setting: off
+        return {}
+    return {"train.replay_runs": [f"{evolve_id}-r{r}" for r in range(round)]}
+
+
 @flow(name="evolve-round", flow_run_name="round-{round}")
 def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, data_root: str) -> dict:
     """One round: the factory run with ``policy`` under the evolve's stored config, training and
@@ -119,7 +127,8 @@ def evolve_round(run_config: dict, evolve_id: str, round: int, policy: dict, dat
     run_id = f"{evolve_id}-r{round}"
     run = RunStore(as_path(data_root), run_id)
     sets = round_overrides(run_config, {"train.enabled": True, "evaluate.enabled": True, "round": round, "evolve_id": evolve_id,
-                                        "policy": policy, **round_seeds(run_config, round)}, run.load_config() if run.exists() else None)
+                                        "policy": policy, **round_seeds(run_config, round), **replay_runs(run_config, evolve_id, round)},
+                           run.load_config() if run.exists() else None)
     stop = f"round {round} ({run_id})"
     keep = f"the model is not promoted and the policy stays {_policy_name(policy)}"
     try:

@@ -1,5 +1,8 @@
 """The ``train`` stage: preference optimisation of the run's policy on the run's pairs.
 
+With ``train.replay_runs`` (``sphere evolve`` sets it: ``evolve.accumulate``) the rows of
+those earlier runs are trained on too, before this run's in the input order.
+
 ``train_policy(pairs, sft, section, policy_dir=, out_dir=)`` runs the trainer the section
 names (``infra.trainers``: ``tiny`` or ``trl``; methods ``dpo``, ``rpo``, ``sft``) with the
 run's starting policy as both the initial weights and the frozen reference. The wrapper
@@ -27,7 +30,7 @@ from infra.backends.tiny import NAMED
 from infra.config import TrainConfig
 from infra.fs import StorePath, cache_root, is_uri, localize
 from infra.schemas import from_rows, stable_id
-from infra.storage import atomic_write_dir
+from infra.storage import RunStore, atomic_write_dir
 from infra.trainers import TrainError, TrainJob, TrainResult, train
 from tasks.common import RunContext
 
@@ -100,6 +103,20 @@ def training_pairs(pairs: pa.Table, step_pairs: pa.Table, level: str, separator:
     return pa.concat_tables([p.cast(chains.schema) for p in parts])
 
 
+def replay_stores(store: RunStore, run_ids: list[str]) -> list[RunStore]:
+    """The stores of ``train.replay_runs`` (same data root as ``store``); ``TrainError`` naming
+    the run and the folder when one does not exist or is this run itself."""
+    out = []
+    for rid in run_ids:
+        if rid == store.run_id:
+            raise TrainError(f"train.replay_runs names this run itself ({rid}); it lists earlier runs only")
+        other = RunStore(store.data_root, rid)
+        if not other.exists():
+            raise TrainError(f"train.replay_runs: run {rid!r} not found under {store.data_root / 'runs'}")
+        out.append(other)
+    return out
+
+
 def train_policy(pairs: pa.Table, sft: pa.Table, section: TrainConfig, *, policy_dir: Path, out_dir: Path,
                  policy_source: str | None = None, publish_to: str | None = None) -> TrainResult:
     """Train from ``policy_dir`` (also the reference) on ``pairs`` / ``sft``; see ``infra.trainers``
@@ -114,7 +131,11 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
     ctx = RunContext.open(run_dir)
     cfg = ctx.cfg
     store = ctx.store
-    fp = ctx.fingerprint(__name__, config_hash, [("pairs", None), ("sft", None), ("step_pairs", None)])
+    inputs = [("pairs", None), ("sft", None), ("step_pairs", None)]
+    replay = replay_stores(store, cfg.train.replay_runs)
+    fp = ctx.fingerprint(__name__, config_hash, inputs)
+    if replay:  # the replayed runs' committed rows are inputs too: a rerun of one of them retrains
+        fp["replay"] = {r.run_id: r.content_hash(inputs) for r in replay}
     if not ctx.is_done(STAGE, shard, fp):
         mid = model_id(ctx.run_id, cfg.round)
         base = store.run_dir / "models" / STAGE
@@ -122,12 +143,14 @@ def train_task(run_dir: str, shard: str, config_hash: str) -> str:
         # cache and only the final checkpoint goes to the store
         work = (cache_root() / "work" / hashlib.sha256(str(base).encode()).hexdigest()[:16]) if isinstance(base, StorePath) else base
         policy_dir = policy_checkpoint(cfg.policy)
-        pairs = training_pairs(store.read_table("pairs"), store.read_table("step_pairs"), cfg.train.pair_level,
-                               cfg.search.step_separator)
+        sources = [*replay, store]  # earlier rounds' rows first, then this run's
+        pairs = pa.concat_tables([training_pairs(s.read_table("pairs"), s.read_table("step_pairs"), cfg.train.pair_level,
+                                                 cfg.search.step_separator) for s in sources])
+        sft = pa.concat_tables([s.read_table("sft") for s in sources], promote_options="default")
         dest = base / mid
         on_store = isinstance(dest, StorePath)
         source = _source(cfg.policy)
-        result = train_policy(pairs, store.read_table("sft"), cfg.train, policy_dir=policy_dir, out_dir=work_dir(work, mid, fp),
+        result = train_policy(pairs, sft, cfg.train, policy_dir=policy_dir, out_dir=work_dir(work, mid, fp),
                               policy_source=source if on_store and is_uri(source) else None,
                               publish_to=str(dest) if on_store else None)
         if not result.published:  # a trainer in this process (or on a folder root): copied into place here

@@ -61,6 +61,10 @@ def test_two_rounds_chain_their_policies_and_a_resume_redoes_nothing(two_rounds)
     assert [m["model_id"] for m in models] == [m0["model_id"], m1["model_id"]]
     log = RunStore(tmp_path, "ev-r0").read_table("train_log").to_pylist()
     assert log and all(x["model_id"] == m0["model_id"] for x in log)
+    # evolve.accumulate (on by default): round 1 trains on round 0's pairs and its own
+    assert stored["train"]["replay_runs"] == ["ev-r0"]
+    n0, n1 = (RunStore(tmp_path, run).read_table("pairs").num_rows for run in ("ev-r0", "ev-r1"))
+    assert n0 and n1 and m0["pairs"] == n0 and m1["pairs"] == n0 + n1
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/ev-r*/_done/stages/*.json")}
     again = sphere_evolve(config_path=cfg, rounds=2, evolve_id="ev", data_root=str(tmp_path), overrides=sets)

@@ -94,3 +94,35 @@ def test_each_round_draws_new_builtin_problems_and_file_seeds_must_say_they_repe
     with pytest.raises(EvolveError, match="evolve.new_seeds: false"):
         round_seeds(files, 0)
     assert round_seeds({**files, "evolve": {"new_seeds": False}}, 1) == {}
+
+
+def test_each_round_replays_the_earlier_rounds_when_accumulating_and_a_record_from_before_the_setting_does_not():
+    from flows.evolve import replay_runs
+
+    on = {"evolve": {"accumulate": True}}
+    assert [replay_runs(on, "ev", r) for r in range(3)] == [
+        {"train.replay_runs": []}, {"train.replay_runs": ["ev-r0"]}, {"train.replay_runs": ["ev-r0", "ev-r1"]}]
+    assert replay_runs({"evolve": {"accumulate": False}}, "ev", 2) == {}
+    assert replay_runs({"evolve": {"new_seeds": True}}, "ev", 2) == {}  # stored before evolve.accumulate existed: as it ran
+
+
+def test_replay_runs_must_name_earlier_runs_under_the_data_root(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    from infra.config import RunConfig
+    from infra.storage import RunStore
+    from infra.trainers import TrainError
+    from tasks.train import replay_stores
+
+    for bad in ("../elsewhere", "a/b", "..", ".hidden", ""):
+        with pytest.raises(ValidationError, match="is not a run id"):
+            RunConfig.model_validate({"train": {"replay_runs": [bad]}})
+    (tmp_path / "runs" / "r0").mkdir(parents=True)
+    (tmp_path / "runs" / "r0" / "config.json").write_text("{}")
+    here = RunStore(tmp_path, "r1")
+    assert [s.run_id for s in replay_stores(here, ["r0"])] == ["r0"]
+    with pytest.raises(TrainError, match=r"run 'gone' not found under .*runs"):
+        replay_stores(here, ["r0", "gone"])
+    with pytest.raises(TrainError, match="names this run itself"):
+        replay_stores(here, ["r1"])

@@ -56,7 +56,7 @@ def _variants(path: str, value):
     if isinstance(value, str):
         return [value + "-changed"]
     if isinstance(value, list):
-        return [value[:-1], value + value]
+        return [value[:-1], value + value] if value else [["changed"]]
     if isinstance(value, dict):
         return [{**value, "changed": 1}]
     return [8, 0.5, "changed", {"kind": "tiny"}, {"kind": "builtin"}, {"kind": "builtin", "min_steps": 12, "max_steps": 12},

@@ -99,3 +99,12 @@ def test_resume_with_set_changes_the_stored_config_and_logs_it_and_a_bad_one_cha
     with pytest.raises(ConfigError, match="search.candidates"):
         prepare_run(cfg, "r", str(tmp_path), {"search.candidates": 1})
     assert store.load_config() == before
+
+
+def test_a_whole_section_override_then_a_dotted_one_leave_the_callers_section_alone():
+    """sphere evolve passes its stored config whole plus dotted round settings (train.replay_runs):
+    the dotted one must land in the copy, not in the evolve record's own section."""
+    section = {"enabled": False, "replay_runs": []}
+    out = apply_overrides({}, {"train": section, "train.enabled": True, "train.replay_runs": ["ev-r0"]})
+    assert out["train"] == {"enabled": True, "replay_runs": ["ev-r0"]}
+    assert section == {"enabled": False, "replay_runs": []}
