@@ -63,7 +63,7 @@ print(json.dumps({"wall": wall, "cpu": c2.user - c.user + c2.system - c.system, 
 def write_gsm8k(path: Path, n: int, seed: int = 0) -> int:
     """``n`` rows of GSM8K-format JSONL: distinct problems, a malformed row or a duplicate
     every ``BAD_EVERY`` rows. Returns the number of bad rows."""
-    rnd, bad = random.Random(seed), 0
+    rnd, bad, last = random.Random(seed), 0, b""  # last: the previous good row (a duplicate row repeats it)
     with open(path, "wb") as f:
         for i in range(n):
             if i % BAD_EVERY == BAD_EVERY - 1:

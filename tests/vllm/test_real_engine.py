@@ -10,7 +10,6 @@ from infra.backends.base import GenRequest, InvalidRequest
 from infra.config import BuiltinSeeds, TinyBackend
 from infra.prompts import load_template
 from tasks.seeds import load_seeds
-from tests.conftest import ROOT
 from tests.integration import test_backend_contract as contract
 from tests.vllm.conftest import POLICY, policy
 
