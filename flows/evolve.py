@@ -1,6 +1,7 @@
 """Self-evolution (``sphere evolve``): round r runs every stage with policy_r, trains
-policy_{r+1} on round r's pairs (reference = policy_r), evaluates it on held-out problems and
-hands it to round r+1.
+policy_{r+1} on round r's training rows (reference = policy_r) and, with ``evolve.accumulate``,
+on those of rounds 0..r-1 too (the round's ``train.replay_runs``), evaluates it on held-out
+problems and hands it to round r+1.
 
 ``sphere_evolve(config, rounds, evolve_id)`` is the parent flow ``sphere-evolve``; each round is
 a subflow ``round-<r>`` that runs the factory (``sphere-run``, every declared stage, with
