@@ -66,7 +66,7 @@ quickstart: setup
 	$(VENV)/bin/sphere run configs/quickstart.yaml
 	$(VENV)/bin/sphere query "select stage, branch, verdict, count(*) as n from chains group by all order by all"
 
-# Self-evolution from tiny-small, 3 rounds, offline (README, "Self-evolution"): ~18 min on 2 cores.
+# Self-evolution from tiny-small, 3 rounds, offline (README, "Self-evolution"): ~21 min on a fresh clone, 2 cores.
 evolve: setup
 	$(VENV)/bin/sphere evolve configs/evolve.yaml --rounds 3
 
