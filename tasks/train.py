@@ -30,7 +30,7 @@ from infra.backends.tiny import NAMED
 from infra.config import TrainConfig
 from infra.fs import StorePath, cache_root, is_uri, localize
 from infra.schemas import from_rows, stable_id
-from infra.storage import RunStore, atomic_write_dir
+from infra.storage import RunNotFound, RunStore, atomic_write_dir
 from infra.trainers import TrainError, TrainJob, TrainResult, train
 from tasks.common import RunContext
 
@@ -110,10 +110,10 @@ def replay_stores(store: RunStore, run_ids: list[str]) -> list[RunStore]:
     for rid in run_ids:
         if rid == store.run_id:
             raise TrainError(f"train.replay_runs names this run itself ({rid}); it lists earlier runs only")
-        other = RunStore(store.data_root, rid)
-        if not other.exists():
-            raise TrainError(f"train.replay_runs: run {rid!r} not found under {store.data_root / 'runs'}")
-        out.append(other)
+        try:
+            out.append(RunStore.open(store.data_root, rid))
+        except RunNotFound as e:
+            raise TrainError(f"train.replay_runs: {e}") from None
     return out
 
 
